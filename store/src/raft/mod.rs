@@ -1,0 +1,20 @@
+//! Consensus: every write goes through a raft-rs `RawNode`, even on a lone member.
+//!
+//! Why Raft on a single node too: one write path, whatever the cluster size, and the log is the
+//! write-ahead log that makes acknowledged writes durable. A one-member group commits an entry as
+//! soon as it is persisted.
+//!
+//! - [`node`]: the loop that owns the `RawNode`, its storage and the state machine; the only
+//!   writer. Everything else sends it messages.
+//! - [`storage`]: raft-rs's `Storage` over sled, with the one-batch-per-Ready rule.
+//! - [`proposal`]: what an entry carries, and how its result finds the waiting caller.
+//!
+//! Settings as etcd runs them: pre-vote and check-quorum on, read-only option `Safe`, one tick per
+//! `--heartbeat-interval`, `--election-timeout / --heartbeat-interval` ticks to an election.
+//!
+//! Left out of this version (see the replication issue): peer transport, membership changes,
+//! snapshot shipping; the server refuses a multi-member `--initial-cluster`.
+
+pub mod node;
+pub mod proposal;
+pub mod storage;

@@ -1,0 +1,420 @@
+//! The node loop: one thread owns the Raft node, its storage and the state machine.
+//!
+//! Everything else talks to it through a channel of [`Msg`]s and gets answers on oneshot channels,
+//! through a cloneable [`NodeHandle`]. The loop runs on its own OS thread because sled writes and
+//! fsync block.
+//!
+//! One turn of the loop:
+//! 1. wait for a message or the next tick; then drain every message already queued. All proposals
+//!    gathered in one turn share one Ready and so **one flush** (group commit);
+//! 2. tick the Raft clock when due; retry read-index requests that got no answer;
+//! 3. handle the Ready in raft-rs's order (`src/lib.rs` of raft-rs): send messages; (snapshot);
+//!    apply committed entries; persist new entries and the hard state in one batch, then **flush**;
+//!    send persisted messages; release reads; `advance`; apply what the light ready committed;
+//!    `advance_apply`.
+//!
+//! Replies are sent right after their entry is applied: an entry is committed only once it is
+//! durable in the log (flushed), so an acknowledged write survives a crash — a restart re-applies
+//! entries after the stored applied index.
+//!
+//! Reads. A linearizable read asks the loop for a read index: the loop batches every read that
+//! arrived in one turn into one `read_index` call with a fresh context, and releases them once the
+//! state machine has applied up to the returned index. raft-rs silently drops read-index requests
+//! until the leader has committed an entry of its term, so unanswered requests are retried with a
+//! *new* context (reusing one caused stale reads in etcd).
+//!
+//! Left out (replication, a later issue): a peer transport — a one-member group sends no messages,
+//! and the server refuses to start with more than one member; snapshot installation.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use prost::Message as _;
+use raft::eraftpb::{Entry, Message};
+use raft::{RawNode, StateRole};
+use tokio::sync::oneshot;
+
+use super::proposal::{Command, IdGen, Proposal, Response, Waiters};
+use super::storage::RaftStorage;
+use crate::apply::StateMachine;
+use crate::error::{Error, Result};
+
+/// Most messages handled in one turn before the loop works on what it has.
+const MAX_MSGS_PER_TURN: usize = 8192;
+
+/// Requests to the node loop.
+pub enum Msg {
+    /// Replicate and apply a command; answer with its result.
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Response>>,
+    },
+    /// Answer once this member's state is at least as new as the leader's commit index now.
+    ReadIndex { reply: oneshot::Sender<Result<()>> },
+    /// Stop the loop after the current turn.
+    Shutdown,
+}
+
+/// Numbers about the node that readers need without a round trip to the loop (Status, headers).
+#[derive(Debug, Default)]
+pub struct NodeStatus {
+    pub id: AtomicU64,
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit: AtomicU64,
+    pub applied: AtomicU64,
+    pub last_index: AtomicU64,
+}
+
+/// Timing of the loop, from the server flags.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This member's id (non-zero).
+    pub id: u64,
+    /// One Raft tick.
+    pub tick: Duration,
+    /// Election timeout in ticks.
+    pub election_ticks: usize,
+    /// How long a caller waits for its proposal or read.
+    pub request_timeout: Duration,
+    /// Compact the Raft log after this many applied entries.
+    pub snapshot_count: u64,
+}
+
+/// A cloneable handle to the node loop.
+#[derive(Clone)]
+pub struct NodeHandle {
+    tx: Sender<Msg>,
+    status: Arc<NodeStatus>,
+    request_timeout: Duration,
+}
+
+impl NodeHandle {
+    /// Proposes `command` and waits until it is committed, durable and applied.
+    pub async fn propose(&self, command: Command) -> Result<Response> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Propose { command, reply }).map_err(|_| Error::Stopped)?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    /// Waits until a read served from local state now would be linearizable.
+    pub async fn read_index(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::ReadIndex { reply }).map_err(|_| Error::Stopped)?;
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    pub fn status(&self) -> &NodeStatus {
+        &self.status
+    }
+
+    /// Asks the loop to stop; it finishes its current turn first.
+    pub fn shutdown(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+    }
+}
+
+/// Reads waiting for a read index.
+#[derive(Default)]
+struct Reads {
+    /// Not yet handed to raft-rs.
+    queued: Vec<oneshot::Sender<Result<()>>>,
+    /// Handed to raft-rs under a context, with when, waiting for a read state.
+    issued: HashMap<Vec<u8>, (Instant, Vec<oneshot::Sender<Result<()>>>)>,
+    /// Read index known; waiting until the state machine has applied it.
+    ready: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
+    /// Source of fresh contexts.
+    next_ctx: u64,
+}
+
+/// The node loop's state (see the module doc).
+pub struct Node {
+    raw: RawNode<RaftStorage>,
+    sm: StateMachine,
+    rx: Receiver<Msg>,
+    config: NodeConfig,
+    status: Arc<NodeStatus>,
+    ids: IdGen,
+    waiters: Waiters,
+    reads: Reads,
+    db: sled::Db,
+    /// The applied index that the last flush made durable (log compaction stays at or below it).
+    durable_applied: u64,
+}
+
+impl Node {
+    /// Builds the node from opened storage. Returns the loop and a handle to it.
+    pub fn new(
+        config: NodeConfig,
+        storage: RaftStorage,
+        sm: StateMachine,
+        db: sled::Db,
+        logger: &slog::Logger,
+    ) -> Result<(Node, NodeHandle)> {
+        let applied = sm.applied();
+        let raft_config = raft::Config {
+            id: config.id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: 1,
+            applied,
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            read_only_option: raft::ReadOnlyOption::Safe,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let single = storage.voters() == [config.id];
+        let mut raw = RawNode::new(&raft_config, storage, logger)?;
+        if single {
+            // A one-member group need not wait an election timeout to elect itself.
+            raw.campaign()?;
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let status = Arc::new(NodeStatus::default());
+        status.id.store(config.id, Ordering::Relaxed);
+        let handle = NodeHandle {
+            tx,
+            status: status.clone(),
+            request_timeout: config.request_timeout,
+        };
+        let node = Node {
+            raw,
+            sm,
+            rx,
+            config,
+            status,
+            ids: IdGen::new(),
+            waiters: Waiters::default(),
+            reads: Reads::default(),
+            db,
+            durable_applied: applied,
+        };
+        node.publish_status();
+        Ok((node, handle))
+    }
+
+    /// Runs the loop until shutdown. An error means this member can no longer apply entries
+    /// faithfully; the caller stops the server.
+    pub fn run(mut self) -> Result<()> {
+        let mut next_tick = Instant::now() + self.config.tick;
+        let rx = self.rx.clone();
+        let result = loop {
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let first = match rx.recv_timeout(timeout) {
+                Ok(msg) => Some(msg),
+                Err(RecvTimeoutError::Timeout) => None,
+                Err(RecvTimeoutError::Disconnected) => break Ok(()),
+            };
+            let mut stop = false;
+            for msg in first.into_iter().chain(rx.try_iter().take(MAX_MSGS_PER_TURN)) {
+                stop |= self.handle(msg);
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.raw.tick();
+                next_tick = now + self.config.tick;
+                self.waiters.expire(now);
+                self.retry_reads(now);
+            }
+            self.issue_reads();
+            if let Err(e) = self.on_ready() {
+                break Err(e);
+            }
+            if stop {
+                break Ok(());
+            }
+        };
+        self.waiters.fail_all(Error::Stopped);
+        self.fail_reads(Error::Stopped);
+        self.db.flush()?;
+        result
+    }
+
+    /// Handles one message; returns true on shutdown.
+    fn handle(&mut self, msg: Msg) -> bool {
+        match msg {
+            Msg::Propose { command, reply } => self.propose(command, reply),
+            Msg::ReadIndex { reply } => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(Error::NoLeader));
+                } else {
+                    self.reads.queued.push(reply);
+                }
+            }
+            Msg::Shutdown => return true,
+        }
+        false
+    }
+
+    fn propose(&mut self, command: Command, reply: oneshot::Sender<Result<Response>>) {
+        let id = self.ids.next_id();
+        let data = Proposal {
+            id,
+            origin: self.config.id,
+            command: Some(command),
+        }
+        .encode_to_vec();
+        match self.raw.propose(vec![], data) {
+            Ok(()) => {
+                let deadline = Instant::now() + self.config.request_timeout + Duration::from_secs(1);
+                self.waiters.insert(id, reply, deadline);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// Hands the reads queued this turn to raft-rs under one fresh context.
+    fn issue_reads(&mut self) {
+        if self.reads.queued.is_empty() {
+            return;
+        }
+        self.reads.next_ctx += 1;
+        let ctx = self.reads.next_ctx.to_be_bytes().to_vec();
+        let waiting = std::mem::take(&mut self.reads.queued);
+        self.reads.issued.insert(ctx.clone(), (Instant::now(), waiting));
+        self.raw.read_index(ctx);
+    }
+
+    /// Re-queues reads whose read index has not come back (see the module doc).
+    fn retry_reads(&mut self, now: Instant) {
+        let patience = self.config.tick * 5;
+        let stale: Vec<Vec<u8>> = self
+            .reads
+            .issued
+            .iter()
+            .filter(|(_, (at, _))| now.duration_since(*at) > patience)
+            .map(|(ctx, _)| ctx.clone())
+            .collect();
+        for ctx in stale {
+            if let Some((_, waiting)) = self.reads.issued.remove(&ctx) {
+                let open = waiting.into_iter().filter(|w| !w.is_closed());
+                self.reads.queued.extend(open);
+            }
+        }
+    }
+
+    fn fail_reads(&mut self, err: Error) {
+        let issued = self.reads.issued.drain().flat_map(|(_, (_, w))| w);
+        let ready = self.reads.ready.drain(..).flat_map(|(_, w)| w);
+        for reply in self.reads.queued.drain(..).chain(issued).chain(ready) {
+            let _ = reply.send(Err(err.clone()));
+        }
+    }
+
+    /// Answers the reads whose index the state machine has reached.
+    fn release_reads(&mut self) {
+        let applied = self.sm.applied();
+        let (done, waiting): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.reads.ready).into_iter().partition(|(index, _)| *index <= applied);
+        self.reads.ready = waiting;
+        for reply in done.into_iter().flat_map(|(_, w)| w) {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Handles one Ready in raft-rs's order (see the module doc).
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        if let Some(ss) = ready.ss() {
+            self.on_leader_change(ss.leader_id, ss.raft_state);
+        }
+        send(ready.take_messages());
+        assert!(
+            ready.snapshot().is_empty(),
+            "a one-member group never receives a snapshot"
+        );
+        self.apply(ready.take_committed_entries())?;
+        let hs = ready.hs().cloned();
+        if !ready.entries().is_empty() || hs.is_some() {
+            self.raw.mut_store().persist(ready.entries(), hs.as_ref())?;
+        }
+        if ready.must_sync() || !ready.entries().is_empty() {
+            self.flush()?;
+        }
+        send(ready.take_persisted_messages());
+        for rs in ready.take_read_states() {
+            if let Some((_, waiting)) = self.reads.issued.remove(&rs.request_ctx) {
+                self.reads.ready.push((rs.index, waiting));
+            }
+        }
+        let mut light = self.raw.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        send(light.take_messages());
+        self.apply(light.take_committed_entries())?;
+        self.raw.advance_apply();
+        self.release_reads();
+        self.maybe_compact_log()?;
+        self.publish_status();
+        Ok(())
+    }
+
+    /// One flush of the whole database: entries, hard state and every state change before it.
+    fn flush(&mut self) -> Result<()> {
+        let applied = self.sm.applied();
+        self.db.flush()?;
+        self.durable_applied = applied;
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+        for entry in &entries {
+            if let Some(out) = self.sm.apply(entry)?
+                && out.origin == self.config.id
+            {
+                self.waiters.answer(out.id, out.result);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_leader_change(&mut self, leader: u64, role: StateRole) {
+        tracing::info!(leader = format!("{leader:x}"), ?role, term = self.raw.raft.term, "raft leader changed");
+        if leader == raft::INVALID_ID {
+            self.fail_reads(Error::NoLeader);
+        }
+    }
+
+    /// Compacts the Raft log once `snapshot_count` durable applied entries have accumulated.
+    fn maybe_compact_log(&mut self) -> Result<()> {
+        let store = self.raw.store();
+        let target = self.durable_applied.min(store.hard_state().commit);
+        if target >= store.first_index() + self.config.snapshot_count {
+            self.raw.mut_store().compact(target)?;
+        }
+        Ok(())
+    }
+
+    fn publish_status(&self) {
+        let s = &self.status;
+        s.term.store(self.raw.raft.term, Ordering::Relaxed);
+        s.leader.store(self.raw.raft.leader_id, Ordering::Relaxed);
+        s.commit.store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
+        s.applied.store(self.sm.applied(), Ordering::Relaxed);
+        s.last_index.store(self.raw.store().last_index(), Ordering::Relaxed);
+    }
+}
+
+/// Sends Raft messages to peers. A one-member group produces none (see the module doc).
+fn send(msgs: Vec<Message>) {
+    debug_assert!(msgs.is_empty(), "a one-member group has no peers to message");
+}

@@ -1,0 +1,216 @@
+//! Starting and stopping a Concord member: storage, the node loop, and the gRPC listeners.
+//!
+//! [`Server::start`] opens the data dir (refusing one that another process holds), rebuilds the
+//! MVCC index, starts the node loop on its own thread, binds every client listener and serves the
+//! etcd services on them. [`Server::shutdown`] stops accepting requests, lets in-flight ones end,
+//! stops the loop (which flushes) and returns. Tests start servers in-process on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use concord_proto::etcdserverpb::kv_server::KvServer;
+use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use raft::eraftpb::ConfState;
+use tokio::sync::watch;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::apply::StateMachine;
+use crate::config::{CONCORD_VERSION, ServerConfig};
+use crate::error::{Error, Result};
+use crate::mvcc::KvStore;
+use crate::raft::node::{Node, NodeConfig, NodeHandle};
+use crate::raft::storage::RaftStorage;
+use crate::service::{Core, kv::KvService, maintenance::MaintenanceService};
+
+/// State tree key of the member and cluster ids chosen at first start.
+const KEY_IDENTITY: &[u8] = b"m/identity";
+/// gRPC framing and header allowance on top of `--max-request-bytes` (etcd's value).
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// sled's page cache.
+const CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// A running member.
+pub struct Server {
+    /// The addresses clients reach this member on (ports resolved).
+    client_addrs: Vec<SocketAddr>,
+    node: NodeHandle,
+    /// Flipped to stop the gRPC listeners.
+    stop_tx: watch::Sender<bool>,
+    /// One task per client listener.
+    listeners: Vec<tokio::task::JoinHandle<Result<()>>>,
+    /// The node loop's thread; its result says whether it stopped cleanly.
+    node_thread: Option<JoinHandle<Result<()>>>,
+}
+
+impl Server {
+    /// Opens the data dir and starts serving.
+    pub async fn start(config: ServerConfig) -> Result<Server> {
+        let db = open_db(&config)?;
+        let state = db.open_tree("state")?;
+        let (member_id, cluster_id) = identity(&state, &config)?;
+        let kv = Arc::new(KvStore::open(state.clone())?);
+        let sm = StateMachine::open(kv.clone(), state.clone())?;
+        let mut bootstrap = ConfState::default();
+        bootstrap.voters = vec![member_id];
+        let mut storage = RaftStorage::open(db.open_tree("raft")?, &state, bootstrap)?;
+        storage.raise_commit(sm.applied())?;
+        let node_config = NodeConfig {
+            id: member_id,
+            tick: config.heartbeat_interval,
+            election_ticks: config.election_ticks(),
+            request_timeout: config.request_timeout(),
+            snapshot_count: config.snapshot_count,
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let (node, handle) = Node::new(node_config, storage, sm, db.clone(), &logger)?;
+        let node_thread = std::thread::Builder::new()
+            .name("concord-raft".into())
+            .spawn(move || node.run())
+            .map_err(|e| Error::Network(format!("cannot start the raft thread: {e}")))?;
+
+        let core = Arc::new(Core {
+            kv,
+            node: handle.clone(),
+            db,
+            member_id,
+            cluster_id,
+            max_request_bytes: config.max_request_bytes,
+            max_txn_ops: config.max_txn_ops,
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut client_addrs = Vec::new();
+        let mut listeners = Vec::new();
+        for addr in &config.listen_client {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Network(format!("cannot listen on {addr}: {e}")))?;
+            let local = listener.local_addr().map_err(|e| Error::Network(e.to_string()))?;
+            client_addrs.push(local);
+            listeners.push(tokio::spawn(serve(listener, core.clone(), config.max_request_bytes, stop_rx.clone())));
+        }
+        tracing::info!(
+            name = %config.name,
+            member_id = format!("{member_id:x}"),
+            cluster_id = format!("{cluster_id:x}"),
+            data_dir = %config.data_dir.display(),
+            clients = ?client_addrs,
+            version = CONCORD_VERSION,
+            "concord is serving"
+        );
+        Ok(Server {
+            client_addrs,
+            node: handle,
+            stop_tx,
+            listeners,
+            node_thread: Some(node_thread),
+        })
+    }
+
+    /// The first client address (its port is the real one when the config asked for port 0).
+    pub fn client_addr(&self) -> SocketAddr {
+        self.client_addrs[0]
+    }
+
+    /// The first client URL, `http://ip:port`.
+    pub fn client_url(&self) -> String {
+        format!("http://{}", self.client_addr())
+    }
+
+    /// Waits until the node loop stops by itself (a fatal storage error); returns its error.
+    pub async fn stopped(&mut self) -> Result<()> {
+        let thread = self.node_thread.take().expect("stopped() is called once");
+        let result = tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .map_err(|e| Error::Raft(e.to_string()))?;
+        result.unwrap_or_else(|_| Err(Error::Raft("the raft thread panicked".into())))
+    }
+
+    /// Stops serving, then stops the node loop (which flushes everything).
+    pub async fn shutdown(mut self) -> Result<()> {
+        let _ = self.stop_tx.send(true);
+        for listener in self.listeners.drain(..) {
+            let _ = listener.await;
+        }
+        self.node.shutdown();
+        match self.node_thread.take() {
+            Some(thread) => tokio::task::spawn_blocking(move || thread.join())
+                .await
+                .map_err(|e| Error::Raft(e.to_string()))?
+                .unwrap_or_else(|_| Err(Error::Raft("the raft thread panicked".into()))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop_tx.send(true);
+        self.node.shutdown();
+    }
+}
+
+fn open_db(config: &ServerConfig) -> Result<sled::Db> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
+    sled::Config::new()
+        .path(config.data_dir.join("db"))
+        .cache_capacity(CACHE_BYTES)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                Error::DataDirLocked(config.data_dir.clone())
+            }
+            other => other.into(),
+        })
+}
+
+/// The member and cluster ids: derived from the configuration at first start and kept from then
+/// on (so changing a URL flag later does not change who this member is).
+fn identity(state: &sled::Tree, config: &ServerConfig) -> Result<(u64, u64)> {
+    if let Some(bytes) = state.get(KEY_IDENTITY)? {
+        if bytes.len() != 16 {
+            return Err(Error::Corrupt("bad identity record".into()));
+        }
+        let member = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
+        let cluster = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+        return Ok((member, cluster));
+    }
+    let (member, cluster) = (config.member_id(), config.cluster_id());
+    let mut record = member.to_be_bytes().to_vec();
+    record.extend_from_slice(&cluster.to_be_bytes());
+    state.insert(KEY_IDENTITY, record)?;
+    Ok((member, cluster))
+}
+
+async fn serve(
+    listener: tokio::net::TcpListener,
+    core: Arc<Core>,
+    max_request_bytes: usize,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let max_decode = max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let kv = KvServer::new(KvService::new(core.clone()))
+        .max_decoding_message_size(max_decode)
+        .max_encoding_message_size(usize::MAX);
+    let maintenance = MaintenanceServer::new(MaintenanceService::new(core))
+        .max_decoding_message_size(max_decode)
+        .max_encoding_message_size(usize::MAX);
+    // Small request/response pairs: never let Nagle's algorithm hold a reply back.
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    tonic::transport::Server::builder()
+        .add_service(kv)
+        .add_service(maintenance)
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
+        .map_err(|e| Error::Network(e.to_string()))
+}
+

@@ -1,0 +1,49 @@
+//! Thin gRPC adapters, one file per etcd service.
+//!
+//! Each method does the same four things: validate the request (etcd's stateless checks), call the
+//! core (propose through Raft, or read after a read index), map the error through
+//! `From<Error> for Status` (`error.rs`, the one place that knows etcd's codes and strings), and
+//! fill the response header. Nothing here holds state of its own.
+//!
+//! Services not served yet answer gRPC `Unimplemented`: Watch and Lease (the next issue), Cluster
+//! (replication), Auth, Lock and Election (later issues).
+
+pub mod kv;
+pub mod maintenance;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use concord_proto::etcdserverpb::ResponseHeader;
+
+use crate::mvcc::KvStore;
+use crate::raft::node::NodeHandle;
+
+/// What every adapter needs: the store, the node loop, the identity and the limits.
+pub struct Core {
+    /// The MVCC store, for reads.
+    pub kv: Arc<KvStore>,
+    /// The node loop, for proposals and read indexes.
+    pub node: NodeHandle,
+    /// The database, for sizes and hashes.
+    pub db: sled::Db,
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// `--max-request-bytes`.
+    pub max_request_bytes: usize,
+    /// `--max-txn-ops`.
+    pub max_txn_ops: usize,
+}
+
+impl Core {
+    /// Completes a header that carries the revision (or none) with the ids and the Raft term.
+    pub fn header(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
+        let revision = header.map_or_else(|| self.kv.current_revision(), |h| h.revision);
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            revision,
+            raft_term: self.node.status().term.load(Ordering::Relaxed),
+        })
+    }
+}
