@@ -204,7 +204,10 @@ async fn serve(
         }
         conn
     });
+    let limits: crate::service::limits::GrpcGoLimits<tonic::body::Body> =
+        tower::util::MapResponseLayer::new(crate::service::limits::grpc_go_limits);
     tonic::transport::Server::builder()
+        .layer(limits)
         .add_service(kv)
         .add_service(maintenance)
         .serve_with_incoming_shutdown(incoming, async move {

@@ -376,13 +376,21 @@ impl Node {
         Ok(())
     }
 
+    /// Applies committed entries, then answers their callers (after the status shows them applied).
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let mut answers = Vec::new();
         for entry in &entries {
             if let Some(out) = self.sm.apply(entry)?
                 && out.origin == self.config.id
             {
-                self.waiters.answer(out.id, out.result);
+                answers.push(out);
             }
+        }
+        if !entries.is_empty() {
+            self.publish_status();
+        }
+        for out in answers {
+            self.waiters.answer(out.id, out.result);
         }
         Ok(())
     }

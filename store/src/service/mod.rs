@@ -9,6 +9,7 @@
 //! (replication), Auth, Lock and Election (later issues).
 
 pub mod kv;
+pub mod limits;
 pub mod maintenance;
 
 use std::sync::Arc;
