@@ -10,12 +10,12 @@
 //! - `cluster_id`, `member_id` and `raft_term` in response headers (`-w json`, including the headers
 //!   nested in txn responses, and the `-w fields` lines): ids are derived from the peer URLs, which
 //!   differ between the two servers, and the term counts elections;
-//! - `took = …` in `endpoint health`: wall-clock time;
+//! - `took` in `endpoint health` (text and JSON): wall-clock time;
 //! - etcdctl's JSON retry log lines on stderr (`{"level":"warn","ts":…}`): they carry a timestamp
 //!   and a random client id, so only their `error` field (gRPC code and description) is kept; the
 //!   final `Error: …` line is compared as is;
 //! - per-field normalizations of `endpoint status` and `endpoint hashkv`, each explained where it is
-//!   done ([`normalize_status`], [`normalize_hashkv`]).
+//!   done ([`normalize_status`], [`normalize_hashkv`]);
 //!
 //! Requests etcdctl 3.4 cannot make (count-only, min/max mod/create revision filters, lease compares
 //! — etcdctl 3.4 panics parsing `lease("k") = "0"` — and requests over the size limit, which do not
@@ -24,6 +24,8 @@
 //!
 //! Every difference is recorded (the step name, the command, both outputs) and the test fails at the
 //! end listing all of them: the first one is usually the cause, later ones may be its consequences.
+//! `CONCORD_COMPAT_TRACE=1 cargo test --test etcd_compat -- --nocapture` prints every step with
+//! etcd's (normalized) output, to see what each step really exercises.
 //!
 //! Needs etcd 3.4 (`apt-get install etcd-server etcd-client`); without it the test prints SKIPPED and
 //! passes, unless `CONCORD_REQUIRE_ETCD=1`, which turns the skip into a failure.
@@ -259,7 +261,7 @@ fn gets(d: &mut Differ) {
         &["get", "s/", "--prefix", "--sort-by=VALUE"],
     );
     d.ctl(
-        "get: --sort-by=VERSION range",
+        "get: --sort-by=MODIFY --order=DESCEND over a range",
         &["get", "a", "d", "--sort-by=MODIFY", "--order=DESCEND"],
     );
 
@@ -530,6 +532,13 @@ fn txns(d: &mut Differ) {
 
 /// `del` in every shape.
 fn deletes(d: &mut Differ) {
+    for i in 1..=3 {
+        d.ctl(
+            &format!("del setup: put p/{i}"),
+            &["put", &format!("p/{i}"), &format!("pv{i}")],
+        );
+    }
+    let before = d.revision().to_string();
     d.ctl("del: missing key", &["del", "nope"]);
     d.ctl("del: missing key -w json", &["del", "nope", "-w", "json"]);
     d.ctl("del: empty key", &["del", ""]);
@@ -544,7 +553,7 @@ fn deletes(d: &mut Differ) {
     d.ctl("del: --prefix", &["del", "many/", "--prefix"]);
     d.ctl(
         "del: --prefix -w json",
-        &["del", "tx", "--prefix", "--prev-kv", "-w", "json"],
+        &["del", "p/", "--prefix", "--prev-kv", "-w", "json"],
     );
     d.ctl(
         "del: --from-key --prev-kv",
@@ -554,6 +563,20 @@ fn deletes(d: &mut Differ) {
     d.ctl(
         "get: everything after the deletes",
         &["get", "", "--prefix", "--keys-only", "-w", "json"],
+    );
+    d.ctl(
+        "get: a deleted key at a revision before the delete",
+        &["get", "spaced", &format!("--rev={before}"), "-w", "json"],
+    );
+    d.ctl(
+        "get: everything at a revision before the deletes",
+        &[
+            "get",
+            "",
+            "--prefix",
+            "--keys-only",
+            &format!("--rev={before}"),
+        ],
     );
     d.ctl(
         "put: a deleted key again",
@@ -654,40 +677,39 @@ fn grpc_only(d: &mut Differ) {
     d.grpc("grpc: s/ keys for the filters", async |mut c: Client| {
         show_get(c.get("s/", Some(GetOptions::new().with_prefix())).await)
     });
-    let mods = d.s_key_revisions();
-    let (lo, hi) = (mods.0, mods.1);
+    let (m, c) = d.s_key_revisions();
     for (name, opts) in [
         (
             "min_mod_revision",
-            GetOptions::new().with_min_mod_revision(lo),
+            GetOptions::new().with_min_mod_revision(m),
         ),
         (
             "max_mod_revision",
-            GetOptions::new().with_max_mod_revision(lo),
+            GetOptions::new().with_max_mod_revision(m),
         ),
         (
             "min_create_revision",
-            GetOptions::new().with_min_create_revision(hi),
+            GetOptions::new().with_min_create_revision(c),
         ),
         (
             "max_create_revision",
-            GetOptions::new().with_max_create_revision(hi),
+            GetOptions::new().with_max_create_revision(c),
         ),
         (
             "min and max mod_revision with count_only",
             GetOptions::new()
-                .with_min_mod_revision(lo)
-                .with_max_mod_revision(hi)
+                .with_min_mod_revision(m - 1)
+                .with_max_mod_revision(m + 1)
                 .with_count_only(),
         ),
         (
             "max_create_revision with limit",
-            GetOptions::new().with_max_create_revision(hi).with_limit(1),
+            GetOptions::new().with_max_create_revision(c).with_limit(1),
         ),
         (
             "min_mod_revision sorted by version descending",
             GetOptions::new()
-                .with_min_mod_revision(lo)
+                .with_min_mod_revision(m)
                 .with_sort(SortTarget::Version, SortOrder::Descend),
         ),
     ] {
@@ -774,9 +796,8 @@ fn grpc_only(d: &mut Differ) {
 
     // Request size limits. Default --max-request-bytes is 1.5 MiB; grpc's receive limit is that
     // plus 512 KiB. Between the two, etcd answers "request is too large"; above both, the gRPC
-    // layer refuses the message with ResourceExhausted, whose text differs between grpc-go and
-    // tonic ("grpc: received message larger than max" vs "decoded message length too large"), so
-    // only the code is compared for that case.
+    // layer refuses the message with ResourceExhausted and grpc-go's wording, which Concord
+    // reproduces (store/src/service/limits.rs): code and text are compared.
     let kib = 1024;
     d.grpc(
         "grpc: put 1.4 MiB (under the limit)",
@@ -796,12 +817,8 @@ fn grpc_only(d: &mut Differ) {
         },
     );
     d.grpc(
-        "grpc: put 3 MiB (over grpc's limit; code only)",
-        async |mut c: Client| match c.put("huge", vec![b'x'; 3 * 1024 * kib], None).await {
-            Ok(resp) => show_put(Ok(resp)),
-            Err(etcd_client::Error::GRpcStatus(s)) => format!("error {:?}", s.code()),
-            Err(e) => format!("client error: {e}"),
-        },
+        "grpc: put 3 MiB (over grpc's limit)",
+        async |mut c: Client| show_put(c.put("huge", vec![b'x'; 3 * 1024 * kib], None).await),
     );
     d.grpc(
         "grpc: the huge key after the limits",
@@ -933,10 +950,7 @@ impl Differ {
         });
         let mut command = format!(
             "etcdctl {}",
-            args.iter()
-                .map(|a| shell_word(a))
-                .collect::<Vec<_>>()
-                .join(" ")
+            args.iter().map(shell_word).collect::<Vec<_>>().join(" ")
         );
         if let Some(input) = stdin {
             command.push_str(&format!(" <<EOF\n{}EOF", clip(input)));
@@ -989,6 +1003,14 @@ impl Differ {
 
     fn compare(&mut self, step: &str, command: &str, etcd: Outcome, concord: Outcome) {
         self.steps += 1;
+        if std::env::var_os("CONCORD_COMPAT_TRACE").is_some() {
+            // Shows what each step really exercised (`--nocapture` to see it).
+            println!(
+                "--- step {} `{step}`\n$ {command}\n{}\n",
+                self.steps,
+                etcd.render()
+            );
+        }
         if etcd == concord {
             return;
         }
@@ -1043,16 +1065,22 @@ impl Differ {
         etcd
     }
 
-    /// The smallest and the median mod revision of the s/ keys on etcd: bounds for the filters.
+    /// The median mod and create revisions of the s/ keys on etcd: bounds that split them.
     fn s_key_revisions(&mut self) -> (i64, i64) {
         let mut c = self.etcd.client.clone();
         let resp = self
             .rt
             .block_on(c.get("s/", Some(GetOptions::new().with_prefix())))
             .unwrap();
-        let mut revs: Vec<i64> = resp.kvs().iter().map(|kv| kv.mod_revision()).collect();
-        revs.sort_unstable();
-        (revs[0], revs[revs.len() / 2])
+        let median = |f: fn(&etcd_client::KeyValue) -> i64| {
+            let mut revs: Vec<i64> = resp.kvs().iter().map(f).collect();
+            revs.sort_unstable();
+            revs[revs.len() / 2]
+        };
+        (
+            median(|kv| kv.mod_revision()),
+            median(|kv| kv.create_revision()),
+        )
     }
 
     fn report(self) -> Report {
@@ -1113,10 +1141,7 @@ fn normalize(
     endpoint: &str,
     args: &[String],
 ) -> Outcome {
-    let text = |bytes: &[u8]| match std::str::from_utf8(bytes) {
-        Ok(s) => s.replace(endpoint, "<endpoint>"),
-        Err(_) => format!("<not UTF-8> {}", bytes.escape_ascii()).replace(endpoint, "<endpoint>"),
-    };
+    let text = |bytes: &[u8]| lossless_text(bytes).replace(endpoint, "<endpoint>");
     let (mut stdout, mut stderr) = (text(stdout), text(stderr));
     let has = |pair: &[&str]| {
         args.windows(pair.len())
@@ -1450,6 +1475,19 @@ fn first_difference(a: &str, b: &str) -> String {
         }
     }
     "the outputs differ only in trailing whitespace".into()
+}
+
+/// Bytes as text, invalid UTF-8 bytes written as `\xNN` (a binary value must not hide a difference
+/// the way U+FFFD replacement would).
+fn lossless_text(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        out.push_str(chunk.valid());
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
 }
 
 /// Quotes an argument for the failure message's command line.

@@ -34,6 +34,9 @@ const META_REV: &[u8] = b"m/rev";
 /// Meta key: the revision of the last compaction.
 const META_COMPACT: &[u8] = b"m/compact";
 
+/// The compact revision of a store never compacted (etcd's initial `compactMainRev`).
+pub const NEVER_COMPACTED: Rev = -1;
+
 /// Record tag: the key was put.
 const TAG_PUT: u8 = 0;
 /// Record tag: the key was deleted.
@@ -68,7 +71,8 @@ struct IndexState {
     index: TreeIndex,
     /// The revision of the last committed write transaction (1 for an empty store).
     current: Rev,
-    /// History below this revision is gone; 0 if never compacted.
+    /// History below this revision is gone; -1 if never compacted (as in etcd, so that a first
+    /// compaction at revision 0 is accepted).
     compacted: Rev,
 }
 
@@ -85,7 +89,7 @@ impl KvStore {
     pub fn open(tree: sled::Tree) -> Result<Self> {
         let mut state = IndexState {
             current: read_i64(&tree, META_REV)?.unwrap_or(1),
-            compacted: read_i64(&tree, META_COMPACT)?.unwrap_or(0),
+            compacted: read_i64(&tree, META_COMPACT)?.unwrap_or(NEVER_COMPACTED),
             ..Default::default()
         };
         for item in tree.scan_prefix([HISTORY_PREFIX]) {
@@ -132,7 +136,7 @@ impl KvStore {
         self.state.read().current
     }
 
-    /// The compact revision (0 if never compacted).
+    /// The compact revision ([`NEVER_COMPACTED`] if never compacted).
     pub fn compacted_revision(&self) -> Rev {
         self.state.read().compacted
     }
@@ -452,6 +456,14 @@ mod tests {
         assert_eq!(get(&store, "k", 3).unwrap().unwrap().value, b"v2", "reads at the compact revision still work");
         assert_eq!(store.compact(3, sled::Batch::default()), Err(Error::Compacted));
         assert_eq!(store.compact(9, sled::Batch::default()), Err(Error::FutureRevision));
+    }
+
+    #[test]
+    fn a_first_compaction_at_zero_is_accepted_once() {
+        let (_db, store) = store();
+        assert_eq!(store.compacted_revision(), NEVER_COMPACTED);
+        assert_eq!(store.compact(0, sled::Batch::default()), Ok(1));
+        assert_eq!(store.compact(0, sled::Batch::default()), Err(Error::Compacted));
     }
 
     #[test]
