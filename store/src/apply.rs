@@ -3,15 +3,16 @@
 //! Invariants, asserted:
 //! - entries are applied in index order, each exactly once: an entry at or below the stored applied
 //!   index is skipped (it was applied before a restart), any other must be `applied + 1`;
-//! - the applied index is written in the **same sled batch** as the state changes of its entry, so a
-//!   crash can never leave one without the other (etcd 3.5.0–3.5.2 lost writes by saving it apart);
+//! - the applied index is written in the **same sled batch** as the state changes of its entries
+//!   (one batch per run of entries the node loop hands over), so a crash can never leave one
+//!   without the other (etcd 3.5.0–3.5.2 lost writes by saving it apart);
 //! - a request that fails a stateful check (a compacted revision, an unknown lease) changes nothing
 //!   but the applied index, and every replica answers it with the same error;
 //! - a non-deterministic failure (sled I/O) is returned as an error that stops the node loop.
 
 use std::sync::Arc;
 
-use concord_proto::etcdserverpb::CompactionResponse;
+use concord_proto::etcdserverpb::{CompactionResponse, ResponseHeader};
 use prost::Message;
 use raft::eraftpb::{Entry, EntryType};
 
@@ -19,6 +20,7 @@ use crate::error::{Error, Result};
 use crate::mvcc::store::read_i64;
 use crate::mvcc::txn::{self, Leases};
 use crate::mvcc::KvStore;
+use crate::mvcc::store::WriteBatch;
 use crate::raft::proposal::{Command, Proposal, Response};
 
 /// State tree key of the applied index.
@@ -46,16 +48,14 @@ impl Leases for NoLeasesYet {
 /// Applies entries to the store and tracks the applied index.
 pub struct StateMachine {
     kv: Arc<KvStore>,
-    /// The state tree (for entries that change nothing but the applied index).
-    state: sled::Tree,
     /// The index of the last applied entry.
     applied: u64,
 }
 
 impl StateMachine {
-    pub fn open(kv: Arc<KvStore>, state: sled::Tree) -> Result<Self> {
-        let applied = read_i64(&state, KEY_APPLIED)?.unwrap_or(0) as u64;
-        Ok(StateMachine { kv, state, applied })
+    pub fn open(kv: Arc<KvStore>, state: &sled::Tree) -> Result<Self> {
+        let applied = read_i64(state, KEY_APPLIED)?.unwrap_or(0) as u64;
+        Ok(StateMachine { kv, applied })
     }
 
     pub fn applied(&self) -> u64 {
@@ -66,79 +66,81 @@ impl StateMachine {
         &self.kv
     }
 
-    /// Applies one committed entry; returns the result a caller may be waiting for.
-    pub fn apply(&mut self, entry: &Entry) -> Result<Option<Applied>> {
-        if entry.index <= self.applied {
-            return Ok(None);
-        }
-        assert_eq!(entry.index, self.applied + 1, "entries must be applied in order without gaps");
-        let applied_meta = (KEY_APPLIED, (entry.index as i64).to_be_bytes().to_vec());
-        let outcome = match entry.get_entry_type() {
-            EntryType::EntryNormal if entry.data.is_empty() => {
+    /// Applies a run of committed entries in one [`WriteBatch`](crate::mvcc::store::WriteBatch):
+    /// one exclusive section for readers, one atomic sled batch that ends with the applied index.
+    /// Returns the results callers may be waiting for; they are readable once this returns.
+    pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>> {
+        let mut out = Vec::new();
+        let mut batch = self.kv.write();
+        let mut applied = self.applied;
+        for entry in entries {
+            if entry.index <= applied {
+                continue; // applied before a restart
+            }
+            assert_eq!(entry.index, applied + 1, "entries must be applied in order without gaps");
+            match entry.get_entry_type() {
                 // The empty entry a new leader appends to commit its term.
-                self.state.insert(applied_meta.0, applied_meta.1)?;
-                None
-            }
-            EntryType::EntryNormal => {
-                let proposal = Proposal::decode(&entry.data[..])?;
-                let result = self.execute(proposal.command, applied_meta)?;
-                Some(Applied {
-                    id: proposal.id,
-                    origin: proposal.origin,
-                    result,
-                })
-            }
-            EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                return Err(Error::Raft(format!(
-                    "entry {} changes membership, which this version does not support",
-                    entry.index
-                )));
-            }
-        };
-        self.applied = entry.index;
-        Ok(outcome)
-    }
-
-    /// Runs a command. The outer `Result` is a local failure that must stop the node; the inner one
-    /// is the (deterministic) answer to the client.
-    fn execute(&self, command: Option<Command>, applied: (&[u8], Vec<u8>)) -> Result<Result<Response>> {
-        let Some(command) = command else {
-            return Err(Error::Corrupt("proposal without a command".into()));
-        };
-        if let Command::Compact(c) = command {
-            let mut batch = sled::Batch::default();
-            batch.insert(applied.0, applied.1.clone());
-            return match self.kv.compact(c.revision, batch) {
-                Ok(rev) => Ok(Ok(Response::Compact(CompactionResponse {
-                    header: Some(concord_proto::etcdserverpb::ResponseHeader {
-                        revision: rev,
-                        ..Default::default()
-                    }),
-                }))),
-                Err(e) if e.is_deterministic() => {
-                    self.state.insert(applied.0, applied.1)?;
-                    Ok(Err(e))
+                EntryType::EntryNormal if entry.data.is_empty() => {}
+                EntryType::EntryNormal => {
+                    let proposal = Proposal::decode(&entry.data[..])?;
+                    let result = execute(&mut batch, proposal.command)?;
+                    out.push(Applied {
+                        id: proposal.id,
+                        origin: proposal.origin,
+                        result,
+                    });
                 }
-                Err(e) => Err(e),
-            };
-        }
-        let mut w = self.kv.write();
-        let result = match command {
-            Command::Put(p) => txn::check_put_state(&w, &p, &NoLeasesYet)
-                .and_then(|()| txn::put(&mut w, &p))
-                .map(Response::Put),
-            Command::DeleteRange(d) => txn::delete_range(&mut w, &d).map(Response::DeleteRange),
-            Command::Txn(t) => txn::txn_write(&mut w, &t, &NoLeasesYet).map(Response::Txn),
-            Command::Compact(_) => unreachable!("handled above"),
-        };
-        if let Err(e) = &result {
-            if !e.is_deterministic() {
-                return Err(e.clone());
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    return Err(Error::Raft(format!(
+                        "entry {} changes membership, which this version does not support",
+                        entry.index
+                    )));
+                }
             }
-            assert!(!w.has_changes(), "a request that failed its checks must not have written");
+            applied = entry.index;
         }
-        w.commit(&[applied])?;
-        Ok(result)
+        if applied != self.applied {
+            batch.commit(&[(KEY_APPLIED, (applied as i64).to_be_bytes().to_vec())])?;
+            self.applied = applied;
+        }
+        Ok(out)
+    }
+}
+
+/// Runs one command. The outer `Result` is a local failure that must stop the node; the inner one is
+/// the (deterministic) answer to the client.
+fn execute(batch: &mut WriteBatch<'_>, command: Option<Command>) -> Result<Result<Response>> {
+    let Some(command) = command else {
+        return Err(Error::Corrupt("proposal without a command".into()));
+    };
+    let result = match command {
+        Command::Compact(c) => batch.compact(c.revision).map(|revision| {
+            Response::Compact(CompactionResponse {
+                header: Some(ResponseHeader {
+                    revision,
+                    ..Default::default()
+                }),
+            })
+        }),
+        command => {
+            let mut w = batch.txn();
+            let result = match command {
+                Command::Put(p) => txn::check_put_state(&w, &p, &NoLeasesYet)
+                    .and_then(|()| txn::put(&mut w, &p))
+                    .map(Response::Put),
+                Command::DeleteRange(d) => txn::delete_range(&mut w, &d).map(Response::DeleteRange),
+                Command::Txn(t) => txn::txn_write(&mut w, &t, &NoLeasesYet).map(Response::Txn),
+                Command::Compact(_) => unreachable!("matched above"),
+            };
+            if result.is_err() {
+                assert!(!w.has_changes(), "a request that failed its checks must not have written");
+            }
+            result
+        }
+    };
+    match result {
+        Err(e) if !e.is_deterministic() => Err(e),
+        result => Ok(result),
     }
 }
 
@@ -173,20 +175,19 @@ mod tests {
 
     fn open(db: &sled::Db) -> StateMachine {
         let state = db.open_tree("state").unwrap();
-        StateMachine::open(Arc::new(KvStore::open(state.clone()).unwrap()), state).unwrap()
+        StateMachine::open(Arc::new(KvStore::open(state.clone()).unwrap()), &state).unwrap()
     }
 
     #[test]
     fn the_applied_index_moves_with_the_state() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let mut sm = open(&db);
-        sm.apply(&entry(1, put("a", 0))).unwrap();
-        sm.apply(&entry(2, put("b", 0))).unwrap();
+        sm.apply(&[entry(1, put("a", 0)), entry(2, put("b", 0))]).unwrap();
         drop(sm);
         let mut sm = open(&db);
         assert_eq!(sm.applied(), 2);
-        assert_eq!(sm.kv().current_revision(), 3);
-        assert!(sm.apply(&entry(2, put("b", 0))).unwrap().is_none(), "an applied entry is skipped");
+        assert_eq!(sm.kv().current_revision(), 3, "one revision per entry of the batch");
+        assert!(sm.apply(&[entry(2, put("b", 0))]).unwrap().is_empty(), "an applied entry is skipped");
         assert_eq!(sm.kv().current_revision(), 3, "and not applied twice");
     }
 
@@ -194,10 +195,14 @@ mod tests {
     fn a_rejected_request_still_advances_the_applied_index() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let mut sm = open(&db);
-        let out = sm.apply(&entry(1, put("a", 7))).unwrap().unwrap();
-        assert_eq!(out.result, Err(Error::LeaseNotFound));
-        let out = sm.apply(&entry(2, Command::Compact(CompactionRequest { revision: 5, physical: true }))).unwrap();
-        assert_eq!(out.unwrap().result, Err(Error::FutureRevision));
+        let out = sm
+            .apply(&[
+                entry(1, put("a", 7)),
+                entry(2, Command::Compact(CompactionRequest { revision: 5, physical: true })),
+            ])
+            .unwrap();
+        assert_eq!(out[0].result, Err(Error::LeaseNotFound));
+        assert_eq!(out[1].result, Err(Error::FutureRevision));
         assert_eq!(sm.applied(), 2);
         assert_eq!(sm.kv().current_revision(), 1);
     }
@@ -207,6 +212,6 @@ mod tests {
     fn a_gap_in_the_log_is_a_bug() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let mut sm = open(&db);
-        let _ = sm.apply(&entry(2, put("a", 0)));
+        let _ = sm.apply(&[entry(2, put("a", 0))]);
     }
 }

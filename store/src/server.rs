@@ -51,7 +51,7 @@ impl Server {
         let state = db.open_tree("state")?;
         let (member_id, cluster_id) = identity(&state, &config)?;
         let kv = Arc::new(KvStore::open(state.clone())?);
-        let sm = StateMachine::open(kv.clone(), state.clone())?;
+        let sm = StateMachine::open(kv.clone(), &state)?;
         let mut bootstrap = ConfState::default();
         bootstrap.voters = vec![member_id];
         let mut storage = RaftStorage::open(db.open_tree("raft")?, &state, bootstrap)?;

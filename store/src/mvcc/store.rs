@@ -117,15 +117,11 @@ impl KvStore {
         }
     }
 
-    /// Starts the write transaction that the next Raft entry applies. Only the apply loop writes.
-    pub fn write(&self) -> WriteTxn<'_> {
-        let state = self.state.write();
-        let begin = state.current;
-        WriteTxn {
+    /// Starts the writes of one batch of Raft entries. Only the apply loop writes.
+    pub fn write(&self) -> WriteBatch<'_> {
+        WriteBatch {
             store: self,
-            state,
-            begin,
-            changes: Vec::new(),
+            state: self.state.write(),
             pending: HashMap::new(),
             batch: sled::Batch::default(),
         }
@@ -139,26 +135,6 @@ impl KvStore {
     /// The compact revision ([`NEVER_COMPACTED`] if never compacted).
     pub fn compacted_revision(&self) -> Rev {
         self.state.read().compacted
-    }
-
-    /// Compacts history below `rev` (see `key_index.rs`): removes every record no read at `rev`
-    /// or later needs, in one atomic batch with what `batch` already holds (the caller's applied
-    /// index). Returns the current revision.
-    pub fn compact(&self, rev: Rev, mut batch: sled::Batch) -> Result<Rev> {
-        let mut state = self.state.write();
-        if rev <= state.compacted {
-            return Err(Error::Compacted);
-        }
-        if rev > state.current {
-            return Err(Error::FutureRevision);
-        }
-        for removed in state.index.compact(rev) {
-            batch.remove(&removed.to_key());
-        }
-        batch.insert(META_COMPACT, &rev.to_be_bytes());
-        self.tree.apply_batch(batch)?;
-        state.compacted = rev;
-        Ok(state.current)
     }
 
     /// A CRC-32 over the history records with main revision in `(compacted, rev]` (etcd's
@@ -253,30 +229,80 @@ fn range_keys(
     Ok(RangeResult { kvs, count, rev: cur })
 }
 
-/// The one write transaction of a Raft entry: changes go to the index at once (other readers are
-/// locked out until it ends) and to a batch that [`WriteTxn::commit`] applies atomically.
-pub struct WriteTxn<'a> {
+/// The writes of one batch of Raft entries (one Ready): they hold the index exclusively until
+/// [`WriteBatch::commit`] has applied them to sled in one atomic batch, so readers never see an index
+/// entry whose record is not in sled yet, nor part of a batch.
+pub struct WriteBatch<'a> {
     store: &'a KvStore,
     state: RwLockWriteGuard<'a, IndexState>,
-    /// The current revision when the transaction began; its changes get `begin + 1`.
-    begin: Rev,
-    /// Changes made so far, in order (their sub revisions are their positions).
-    changes: Vec<Revision>,
-    /// Records of this transaction not yet in sled, for reads inside the transaction.
+    /// Records of this batch not yet in sled, for reads inside it.
     pending: HashMap<Revision, KeyValue>,
     /// The records and meta keys to apply at commit.
     batch: sled::Batch,
 }
 
-impl WriteTxn<'_> {
+impl<'a> WriteBatch<'a> {
+    /// Starts the transaction of one entry.
+    pub fn txn(&mut self) -> WriteTxn<'_, 'a> {
+        let begin = self.state.current;
+        WriteTxn {
+            batch: self,
+            begin,
+            changes: 0,
+        }
+    }
+
+    /// Compacts history below `rev` (see `key_index.rs`): removes every record no read at `rev` or
+    /// later needs. Returns the current revision.
+    pub fn compact(&mut self, rev: Rev) -> Result<Rev> {
+        if rev <= self.state.compacted {
+            return Err(Error::Compacted);
+        }
+        if rev > self.state.current {
+            return Err(Error::FutureRevision);
+        }
+        for removed in self.state.index.compact(rev) {
+            self.batch.remove(&removed.to_key());
+            self.pending.remove(&removed);
+        }
+        self.batch.insert(META_COMPACT, &rev.to_be_bytes());
+        self.state.compacted = rev;
+        Ok(self.state.current)
+    }
+
+    /// Applies everything, and `meta` (the caller's applied index), in one atomic sled batch.
+    /// Returns the store's revision afterwards.
+    pub fn commit(mut self, meta: &[(&[u8], Vec<u8>)]) -> Result<Rev> {
+        let rev = self.state.current;
+        self.batch.insert(META_REV, &rev.to_be_bytes());
+        for (k, v) in meta {
+            self.batch.insert(*k, v.as_slice());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.store.tree.apply_batch(batch)?;
+        Ok(rev)
+    }
+}
+
+/// The write transaction of one Raft entry: all its changes share one main revision. Dropping it
+/// ends it (the store's current revision moves on if it changed anything).
+pub struct WriteTxn<'b, 'a> {
+    batch: &'b mut WriteBatch<'a>,
+    /// The current revision when the transaction began; its changes get `begin + 1`.
+    begin: Rev,
+    /// Changes made so far (the next one's sub revision).
+    changes: i64,
+}
+
+impl WriteTxn<'_, '_> {
     fn next_revision(&self) -> Revision {
-        Revision::new(self.begin + 1, self.changes.len() as i64)
+        Revision::new(self.begin + 1, self.changes)
     }
 
     /// Puts `key`; returns the new key-value.
     pub fn put(&mut self, key: &[u8], value: &[u8], lease: i64) -> KeyValue {
         let rev = self.next_revision();
-        let (create_revision, version) = self.state.index.put(key, rev);
+        let (create_revision, version) = self.batch.state.index.put(key, rev);
         let kv = KeyValue {
             key: key.to_vec(),
             create_revision,
@@ -292,10 +318,10 @@ impl WriteTxn<'_> {
     /// Deletes every live key in `range`; returns how many were deleted.
     pub fn delete_range(&mut self, range: KeyRange<'_>) -> usize {
         let at = self.rev();
-        let keys = self.state.index.live_keys(range, at);
+        let keys = self.batch.state.index.live_keys(range, at);
         for key in &keys {
             let rev = self.next_revision();
-            self.state.index.tombstone(key, rev);
+            self.batch.state.index.tombstone(key, rev);
             let tomb = KeyValue {
                 key: key.clone(),
                 mod_revision: rev.main,
@@ -307,48 +333,40 @@ impl WriteTxn<'_> {
     }
 
     fn record(&mut self, rev: Revision, tag: u8, kv: KeyValue) {
-        self.batch.insert(&rev.to_key(), encode_record(tag, &kv));
-        self.changes.push(rev);
-        self.pending.insert(rev, kv);
+        self.batch.batch.insert(&rev.to_key(), encode_record(tag, &kv));
+        self.batch.pending.insert(rev, kv);
+        self.changes += 1;
     }
 
     /// Whether the transaction changed anything (and so takes a new revision).
     pub fn has_changes(&self) -> bool {
-        !self.changes.is_empty()
-    }
-
-    /// Applies the transaction, and `meta` (the caller's applied index), in one atomic sled batch.
-    /// Returns the store's revision afterwards.
-    pub fn commit(mut self, meta: &[(&[u8], Vec<u8>)]) -> Result<Rev> {
-        let rev = self.rev();
-        if self.has_changes() {
-            self.batch.insert(META_REV, &rev.to_be_bytes());
-        }
-        for (k, v) in meta {
-            self.batch.insert(*k, v.as_slice());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        self.store.tree.apply_batch(batch)?;
-        self.state.current = rev;
-        Ok(rev)
+        self.changes > 0
     }
 }
 
-impl View for WriteTxn<'_> {
+impl Drop for WriteTxn<'_, '_> {
+    fn drop(&mut self) {
+        if self.has_changes() {
+            self.batch.state.current = self.begin + 1;
+        }
+    }
+}
+
+impl View for WriteTxn<'_, '_> {
     /// etcd's write-transaction rule: reads see the transaction's own changes.
     fn rev(&self) -> Rev {
         if self.has_changes() { self.begin + 1 } else { self.begin }
     }
 
     fn compacted(&self) -> Rev {
-        self.state.compacted
+        self.batch.state.compacted
     }
 
     fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_keys(&self.state, range, opts, self.rev(), |rev| {
-            match self.pending.get(&rev) {
+        range_keys(&self.batch.state, range, opts, self.rev(), |rev| {
+            match self.batch.pending.get(&rev) {
                 Some(kv) => Ok(kv.clone()),
-                None => self.store.fetch(rev),
+                None => self.batch.store.fetch(rev),
             }
         })
     }
@@ -393,9 +411,16 @@ mod tests {
     }
 
     fn put(store: &KvStore, key: &str, value: &str) -> Rev {
-        let mut txn = store.write();
-        txn.put(key.as_bytes(), value.as_bytes(), 0);
-        txn.commit(&[]).unwrap()
+        let mut batch = store.write();
+        batch.txn().put(key.as_bytes(), value.as_bytes(), 0);
+        batch.commit(&[]).unwrap()
+    }
+
+    fn compact(store: &KvStore, rev: Rev) -> Result<Rev> {
+        let mut batch = store.write();
+        let result = batch.compact(rev);
+        batch.commit(&[]).unwrap();
+        result
     }
 
     fn get(store: &KvStore, key: &str, rev: Rev) -> Result<Option<KeyValue>> {
@@ -411,9 +436,9 @@ mod tests {
         assert_eq!(store.current_revision(), 1, "an empty store is at revision 1");
         assert_eq!(put(&store, "foo", "a"), 2);
         assert_eq!(put(&store, "foo", "b"), 3);
-        let mut txn = store.write();
-        assert_eq!(txn.delete_range(KeyRange::new(b"foo", b"")), 1);
-        assert_eq!(txn.commit(&[]).unwrap(), 4);
+        let mut batch = store.write();
+        assert_eq!(batch.txn().delete_range(KeyRange::new(b"foo", b"")), 1);
+        assert_eq!(batch.commit(&[]).unwrap(), 4);
         assert_eq!(put(&store, "foo", "c"), 5);
 
         let kv = get(&store, "foo", 3).unwrap().unwrap();
@@ -427,22 +452,27 @@ mod tests {
     #[test]
     fn a_transaction_reads_its_own_writes_under_one_revision() {
         let (_db, store) = store();
-        let mut txn = store.write();
+        let mut batch = store.write();
+        let mut txn = batch.txn();
         txn.put(b"a", b"1", 0);
         txn.put(b"b", b"2", 0);
         let seen = txn.range(KeyRange::new(b"a", b"\0"), RangeOptions::default()).unwrap();
         assert_eq!(seen.count, 2);
         assert_eq!(seen.kvs[1].mod_revision, 2);
-        assert_eq!(txn.commit(&[]).unwrap(), 2, "one revision for the whole transaction");
-        assert_eq!(store.current_revision(), 2);
+        drop(txn);
+        batch.txn().put(b"c", b"3", 0);
+        assert_eq!(batch.commit(&[]).unwrap(), 3, "one revision per transaction, two in the batch");
+        assert_eq!(store.current_revision(), 3);
+        let c = store.read().range(KeyRange::new(b"c", b""), RangeOptions::default()).unwrap();
+        assert_eq!(c.kvs[0].mod_revision, 3);
     }
 
     #[test]
     fn deleting_nothing_takes_no_revision() {
         let (_db, store) = store();
-        let mut txn = store.write();
-        assert_eq!(txn.delete_range(KeyRange::new(b"missing", b"")), 0);
-        assert_eq!(txn.commit(&[]).unwrap(), 1);
+        let mut batch = store.write();
+        assert_eq!(batch.txn().delete_range(KeyRange::new(b"missing", b"")), 0);
+        assert_eq!(batch.commit(&[]).unwrap(), 1);
     }
 
     #[test]
@@ -451,19 +481,19 @@ mod tests {
         put(&store, "k", "v1"); // 2
         put(&store, "k", "v2"); // 3
         put(&store, "k", "v3"); // 4
-        assert_eq!(store.compact(3, sled::Batch::default()).unwrap(), 4);
+        assert_eq!(compact(&store, 3).unwrap(), 4);
         assert_eq!(get(&store, "k", 2), Err(Error::Compacted));
         assert_eq!(get(&store, "k", 3).unwrap().unwrap().value, b"v2", "reads at the compact revision still work");
-        assert_eq!(store.compact(3, sled::Batch::default()), Err(Error::Compacted));
-        assert_eq!(store.compact(9, sled::Batch::default()), Err(Error::FutureRevision));
+        assert_eq!(compact(&store, 3), Err(Error::Compacted));
+        assert_eq!(compact(&store, 9), Err(Error::FutureRevision));
     }
 
     #[test]
     fn a_first_compaction_at_zero_is_accepted_once() {
         let (_db, store) = store();
         assert_eq!(store.compacted_revision(), NEVER_COMPACTED);
-        assert_eq!(store.compact(0, sled::Batch::default()), Ok(1));
-        assert_eq!(store.compact(0, sled::Batch::default()), Err(Error::Compacted));
+        assert_eq!(compact(&store, 0), Ok(1));
+        assert_eq!(compact(&store, 0), Err(Error::Compacted));
     }
 
     #[test]
@@ -475,7 +505,7 @@ mod tests {
             put(&store, "a", "1");
             put(&store, "a", "2");
             put(&store, "b", "1");
-            store.compact(3, sled::Batch::default()).unwrap();
+            compact(&store, 3).unwrap();
         }
         let store = KvStore::open(tree).unwrap();
         assert_eq!(store.current_revision(), 4);

@@ -260,7 +260,7 @@ fn sort(kvs: &mut [KeyValue], r: &RangeRequest) -> Result<()> {
 }
 
 /// Put, once the stateful checks passed.
-pub fn put(txn: &mut WriteTxn<'_>, r: &PutRequest) -> Result<PutResponse> {
+pub fn put(txn: &mut WriteTxn<'_, '_>, r: &PutRequest) -> Result<PutResponse> {
     let prev = if r.ignore_value || r.ignore_lease || r.prev_kv {
         txn.range(KeyRange::new(&r.key, b""), RangeOptions::default())?
             .kvs
@@ -284,7 +284,7 @@ pub fn put(txn: &mut WriteTxn<'_>, r: &PutRequest) -> Result<PutResponse> {
 }
 
 /// DeleteRange.
-pub fn delete_range(txn: &mut WriteTxn<'_>, r: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+pub fn delete_range(txn: &mut WriteTxn<'_, '_>, r: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
     let range = KeyRange::new(&r.key, &r.range_end);
     let prev_kvs = if r.prev_kv {
         txn.range(range, RangeOptions::default())?.kvs
@@ -433,7 +433,7 @@ fn read_ops(view: &ReadTxn<'_>, r: &TxnRequest, p: &Path) -> Result<TxnResponse>
 }
 
 /// A transaction that may write, applied inside the entry's write transaction.
-pub fn txn_write(txn: &mut WriteTxn<'_>, r: &TxnRequest, leases: &dyn Leases) -> Result<TxnResponse> {
+pub fn txn_write(txn: &mut WriteTxn<'_, '_>, r: &TxnRequest, leases: &dyn Leases) -> Result<TxnResponse> {
     let p = path(&*txn, r);
     check_ops(&*txn, r, &p, leases)?;
     let mut resp = write_ops(txn, r, &p)?;
@@ -441,7 +441,7 @@ pub fn txn_write(txn: &mut WriteTxn<'_>, r: &TxnRequest, leases: &dyn Leases) ->
     Ok(resp)
 }
 
-fn write_ops(txn: &mut WriteTxn<'_>, r: &TxnRequest, p: &Path) -> Result<TxnResponse> {
+fn write_ops(txn: &mut WriteTxn<'_, '_>, r: &TxnRequest, p: &Path) -> Result<TxnResponse> {
     let ops = if p.succeeded { &r.success } else { &r.failure };
     let mut nested = p.nested.iter();
     let mut responses = Vec::with_capacity(ops.len());
@@ -526,9 +526,9 @@ mod tests {
     }
 
     fn write(store: &KvStore, r: &TxnRequest) -> Result<TxnResponse> {
-        let mut txn = store.write();
-        let resp = txn_write(&mut txn, r, &NoLeases);
-        txn.commit(&[]).unwrap();
+        let mut batch = store.write();
+        let resp = txn_write(&mut batch.txn(), r, &NoLeases);
+        batch.commit(&[]).unwrap();
         resp
     }
 

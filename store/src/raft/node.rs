@@ -378,19 +378,15 @@ impl Node {
 
     /// Applies committed entries, then answers their callers (after the status shows them applied).
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
-        let mut answers = Vec::new();
-        for entry in &entries {
-            if let Some(out) = self.sm.apply(entry)?
-                && out.origin == self.config.id
-            {
-                answers.push(out);
-            }
+        if entries.is_empty() {
+            return Ok(());
         }
-        if !entries.is_empty() {
-            self.publish_status();
-        }
+        let answers = self.sm.apply(&entries)?;
+        self.publish_status();
         for out in answers {
-            self.waiters.answer(out.id, out.result);
+            if out.origin == self.config.id {
+                self.waiters.answer(out.id, out.result);
+            }
         }
         Ok(())
     }
