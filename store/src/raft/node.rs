@@ -357,7 +357,7 @@ impl Node {
         }
         let mut light = self.raw.advance(ready);
         if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(commit)?;
+            self.raw.mut_store().set_commit(commit);
         }
         send(light.take_messages());
         self.apply(light.take_committed_entries())?;

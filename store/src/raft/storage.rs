@@ -159,12 +159,12 @@ impl RaftStorage {
             }
         }
         if let Some(hs) = hs {
-            batch.insert(KEY_HARD_STATE, hs.write_to_bytes()?);
+            let mut hs = hs.clone();
+            hs.commit = hs.commit.max(self.hard_state.commit);
+            self.hard_state = hs;
         }
+        batch.insert(KEY_HARD_STATE, self.hard_state.write_to_bytes()?);
         self.log.apply_batch(batch)?;
-        if let Some(hs) = hs {
-            self.hard_state = hs.clone();
-        }
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             self.cache(first.index, entries);
             self.last_index = last.index;
@@ -185,11 +185,12 @@ impl RaftStorage {
         }
     }
 
-    /// Records the commit index raft-rs reported in a light ready (not flushed on its own).
-    pub fn set_commit(&mut self, commit: u64) -> Result<()> {
-        let mut hs = self.hard_state.clone();
-        hs.commit = commit;
-        self.persist(&[], Some(&hs))
+    /// Records the commit index raft-rs reported in a light ready. It is kept in memory and written
+    /// with the next [`RaftStorage::persist`]: a commit index need not be durable (Raft recovers it
+    /// from a quorum; a lone member from its applied index, see [`RaftStorage::raise_commit`]), and
+    /// every sled batch costs a sealed IO buffer.
+    pub fn set_commit(&mut self, commit: u64) {
+        self.hard_state.commit = commit;
     }
 
     /// Removes entries up to and including `index`, which must be applied and durable.
@@ -378,10 +379,20 @@ mod tests {
         hs.vote = 1;
         hs.commit = 0;
         s.persist(&[entry(1, 5)], Some(&hs)).unwrap();
-        s.set_commit(1).unwrap();
+        s.set_commit(1);
         drop(s);
         let s = open(&db);
-        assert_eq!((s.hard_state().term, s.hard_state().vote, s.hard_state().commit), (5, 1, 1));
+        assert_eq!(
+            (s.hard_state().term, s.hard_state().vote, s.hard_state().commit),
+            (5, 1, 0),
+            "a commit index alone is not written"
+        );
+        let mut s = s;
+        s.set_commit(1);
+        s.persist(&[entry(2, 5)], None).unwrap();
+        drop(s);
+        let s = open(&db);
+        assert_eq!(s.hard_state().commit, 1, "it is written with the next entries");
     }
 
     #[test]
