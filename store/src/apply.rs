@@ -3,9 +3,9 @@
 //! Invariants, asserted:
 //! - entries are applied in index order, each exactly once: an entry at or below the stored applied
 //!   index is skipped (it was applied before a restart), any other must be `applied + 1`;
-//! - the applied index is written in the **same sled batch** as the state changes of its entries
-//!   (one batch per run of entries the node loop hands over), so a crash can never leave one
-//!   without the other (etcd 3.5.0–3.5.2 lost writes by saving it apart);
+//! - the applied index reaches sled in the **same atomic batch** as the state changes of the
+//!   entries up to it (`KvStore::write_back`), so a crash can never leave one without the other
+//!   (etcd 3.5.0–3.5.2 lost writes by saving it apart);
 //! - a request that fails a stateful check (a compacted revision, an unknown lease) changes nothing
 //!   but the applied index, and every replica answers it with the same error;
 //! - a non-deterministic failure (sled I/O) is returned as an error that stops the node loop.
@@ -17,14 +17,10 @@ use prost::Message;
 use raft::eraftpb::{Entry, EntryType};
 
 use crate::error::{Error, Result};
-use crate::mvcc::store::read_i64;
-use crate::mvcc::txn::{self, Leases};
 use crate::mvcc::KvStore;
 use crate::mvcc::store::WriteBatch;
+use crate::mvcc::txn::{self, Leases};
 use crate::raft::proposal::{Command, Proposal, Response};
-
-/// State tree key of the applied index.
-pub const KEY_APPLIED: &[u8] = b"m/applied";
 
 /// The outcome of one applied entry that a caller may be waiting for.
 pub struct Applied {
@@ -53,9 +49,9 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn open(kv: Arc<KvStore>, state: &sled::Tree) -> Result<Self> {
-        let applied = read_i64(state, KEY_APPLIED)?.unwrap_or(0) as u64;
-        Ok(StateMachine { kv, applied })
+    pub fn open(kv: Arc<KvStore>) -> Self {
+        let applied = kv.applied();
+        StateMachine { kv, applied }
     }
 
     pub fn applied(&self) -> u64 {
@@ -66,9 +62,10 @@ impl StateMachine {
         &self.kv
     }
 
-    /// Applies a run of committed entries in one [`WriteBatch`](crate::mvcc::store::WriteBatch):
-    /// one exclusive section for readers, one atomic sled batch that ends with the applied index.
-    /// Returns the results callers may be waiting for; they are readable once this returns.
+    /// Applies a run of committed entries in one [`WriteBatch`]: one exclusive section for readers.
+    /// The changes reach sled later, in one atomic batch with the applied index
+    /// ([`KvStore::write_back`]). Returns the results callers may be waiting for; they are readable
+    /// once this returns.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>> {
         let mut out = Vec::new();
         let mut batch = self.kv.write();
@@ -77,7 +74,11 @@ impl StateMachine {
             if entry.index <= applied {
                 continue; // applied before a restart
             }
-            assert_eq!(entry.index, applied + 1, "entries must be applied in order without gaps");
+            assert_eq!(
+                entry.index,
+                applied + 1,
+                "entries must be applied in order without gaps"
+            );
             match entry.get_entry_type() {
                 // The empty entry a new leader appends to commit its term.
                 EntryType::EntryNormal if entry.data.is_empty() => {}
@@ -99,10 +100,8 @@ impl StateMachine {
             }
             applied = entry.index;
         }
-        if applied != self.applied {
-            batch.commit(&[(KEY_APPLIED, (applied as i64).to_be_bytes().to_vec())])?;
-            self.applied = applied;
-        }
+        batch.finish(applied);
+        self.applied = applied;
         Ok(out)
     }
 }
@@ -133,7 +132,10 @@ fn execute(batch: &mut WriteBatch<'_>, command: Option<Command>) -> Result<Resul
                 Command::Compact(_) => unreachable!("matched above"),
             };
             if result.is_err() {
-                assert!(!w.has_changes(), "a request that failed its checks must not have written");
+                assert!(
+                    !w.has_changes(),
+                    "a request that failed its checks must not have written"
+                );
             }
             result
         }
@@ -151,17 +153,18 @@ mod tests {
     use concord_proto::etcdserverpb::{CompactionRequest, PutRequest};
 
     fn entry(index: u64, command: Command) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = 1;
-        e.data = Proposal {
+        let data = Proposal {
             id: index,
             origin: 1,
             command: Some(command),
         }
-        .encode_to_vec()
-        .into();
-        e
+        .encode_to_vec();
+        Entry {
+            index,
+            term: 1,
+            data: data.into(),
+            ..Default::default()
+        }
     }
 
     fn put(key: &str, lease: i64) -> Command {
@@ -175,20 +178,52 @@ mod tests {
 
     fn open(db: &sled::Db) -> StateMachine {
         let state = db.open_tree("state").unwrap();
-        StateMachine::open(Arc::new(KvStore::open(state.clone()).unwrap()), &state).unwrap()
+        StateMachine::open(Arc::new(KvStore::open(state).unwrap()))
     }
 
     #[test]
     fn the_applied_index_moves_with_the_state() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let mut sm = open(&db);
-        sm.apply(&[entry(1, put("a", 0)), entry(2, put("b", 0))]).unwrap();
+        sm.apply(&[entry(1, put("a", 0)), entry(2, put("b", 0))])
+            .unwrap();
+        sm.kv().write_back().unwrap();
         drop(sm);
         let mut sm = open(&db);
         assert_eq!(sm.applied(), 2);
-        assert_eq!(sm.kv().current_revision(), 3, "one revision per entry of the batch");
-        assert!(sm.apply(&[entry(2, put("b", 0))]).unwrap().is_empty(), "an applied entry is skipped");
+        assert_eq!(
+            sm.kv().current_revision(),
+            3,
+            "one revision per entry of the batch"
+        );
+        assert!(
+            sm.apply(&[entry(2, put("b", 0))]).unwrap().is_empty(),
+            "an applied entry is skipped"
+        );
         assert_eq!(sm.kv().current_revision(), 3, "and not applied twice");
+    }
+
+    #[test]
+    fn a_crash_before_write_back_returns_to_the_written_state() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut sm = open(&db);
+        sm.apply(&[entry(1, put("a", 0))]).unwrap();
+        sm.kv().write_back().unwrap();
+        sm.apply(&[entry(2, put("b", 0))]).unwrap();
+        assert_eq!(
+            sm.kv().current_revision(),
+            3,
+            "readable before it is written"
+        );
+        drop(sm); // a crash: entry 2 is only in the (durable) Raft log
+        let mut sm = open(&db);
+        assert_eq!((sm.applied(), sm.kv().current_revision()), (1, 2));
+        sm.apply(&[entry(2, put("b", 0))]).unwrap();
+        assert_eq!(
+            sm.kv().current_revision(),
+            3,
+            "re-applying the log gives the same state"
+        );
     }
 
     #[test]
@@ -198,7 +233,13 @@ mod tests {
         let out = sm
             .apply(&[
                 entry(1, put("a", 7)),
-                entry(2, Command::Compact(CompactionRequest { revision: 5, physical: true })),
+                entry(
+                    2,
+                    Command::Compact(CompactionRequest {
+                        revision: 5,
+                        physical: true,
+                    }),
+                ),
             ])
             .unwrap();
         assert_eq!(out[0].result, Err(Error::LeaseNotFound));

@@ -41,25 +41,50 @@ pub struct Flags {
     #[arg(long, env = "CONCORD_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// URLs to listen on for client traffic (comma-separated).
-    #[arg(long, env = "CONCORD_LISTEN_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "CONCORD_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub listen_client_urls: String,
     /// Client URLs advertised to the rest of the cluster (comma-separated).
-    #[arg(long, env = "CONCORD_ADVERTISE_CLIENT_URLS", default_value = "http://127.0.0.1:2379")]
+    #[arg(
+        long,
+        env = "CONCORD_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379"
+    )]
     pub advertise_client_urls: String,
     /// URLs to listen on for peer traffic (comma-separated).
-    #[arg(long, env = "CONCORD_LISTEN_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "CONCORD_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
     pub listen_peer_urls: String,
     /// Peer URLs advertised to the rest of the cluster (comma-separated).
-    #[arg(long, env = "CONCORD_INITIAL_ADVERTISE_PEER_URLS", default_value = "http://127.0.0.1:2380")]
+    #[arg(
+        long,
+        env = "CONCORD_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380"
+    )]
     pub initial_advertise_peer_urls: String,
     /// Initial cluster configuration, `name=peer-url,...` (default: <name>=<advertised peer URLs>).
     #[arg(long, env = "CONCORD_INITIAL_CLUSTER")]
     pub initial_cluster: Option<String>,
     /// `new` for a new cluster, `existing` to join one.
-    #[arg(long, env = "CONCORD_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    #[arg(
+        long,
+        env = "CONCORD_INITIAL_CLUSTER_STATE",
+        value_enum,
+        default_value = "new"
+    )]
     pub initial_cluster_state: ClusterState,
     /// Token that makes member and cluster ids unique to this cluster.
-    #[arg(long, env = "CONCORD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "CONCORD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     pub initial_cluster_token: String,
     /// Applied entries between compactions of the Raft log.
     #[arg(long, env = "CONCORD_SNAPSHOT_COUNT", default_value_t = 100_000)]
@@ -179,15 +204,21 @@ fn first_u64(hash: &[u8]) -> u64 {
 }
 
 fn split_urls(list: &str) -> Vec<String> {
-    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
 }
 
 /// Parses `http://host:port` into a socket address. Only IP literals and `localhost` are accepted:
 /// a listener binds an address, it does not resolve names.
 pub fn parse_listen_url(url: &str) -> Result<SocketAddr> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or_else(|| Error::Config(format!("listen URL {url:?} must start with http:// (TLS is not supported)")))?;
+    let rest = url.strip_prefix("http://").ok_or_else(|| {
+        Error::Config(format!(
+            "listen URL {url:?} must start with http:// (TLS is not supported)"
+        ))
+    })?;
     let hostport = rest.trim_end_matches('/');
     let hostport = match hostport.strip_prefix("localhost:") {
         Some(port) => format!("127.0.0.1:{port}"),
@@ -201,7 +232,9 @@ pub fn parse_listen_url(url: &str) -> Result<SocketAddr> {
 impl Flags {
     /// Validates the flags into a [`ServerConfig`].
     pub fn into_config(self) -> Result<ServerConfig> {
-        let data_dir = self.data_dir.unwrap_or_else(|| PathBuf::from(format!("{}.concord", self.name)));
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(format!("{}.concord", self.name)));
         let listen_client = split_urls(&self.listen_client_urls)
             .iter()
             .map(|u| parse_listen_url(u))
@@ -276,9 +309,9 @@ impl Flags {
 fn parse_initial_cluster(spec: &str) -> Result<Vec<(String, Vec<String>)>> {
     let mut members: Vec<(String, Vec<String>)> = Vec::new();
     for item in split_urls(spec) {
-        let (name, url) = item
-            .split_once('=')
-            .ok_or_else(|| Error::Config(format!("--initial-cluster entry {item:?} is not name=url")))?;
+        let (name, url) = item.split_once('=').ok_or_else(|| {
+            Error::Config(format!("--initial-cluster entry {item:?} is not name=url"))
+        })?;
         match members.iter_mut().find(|(n, _)| n == name) {
             Some((_, urls)) => urls.push(url.to_string()),
             None => members.push((name.to_string(), vec![url.to_string()])),
@@ -313,30 +346,54 @@ mod tests {
         let config = flags(&[]).into_config().unwrap();
         assert_eq!(config.name, "default");
         assert_eq!(config.data_dir, PathBuf::from("default.concord"));
-        assert_eq!(config.listen_client, vec!["127.0.0.1:2379".parse().unwrap()]);
-        assert_eq!(config.initial_cluster, vec![("default".into(), vec!["http://127.0.0.1:2380".into()])]);
-        assert_eq!((config.max_txn_ops, config.max_request_bytes), (128, 1_572_864));
+        assert_eq!(
+            config.listen_client,
+            vec!["127.0.0.1:2379".parse().unwrap()]
+        );
+        assert_eq!(
+            config.initial_cluster,
+            vec![("default".into(), vec!["http://127.0.0.1:2380".into()])]
+        );
+        assert_eq!(
+            (config.max_txn_ops, config.max_request_bytes),
+            (128, 1_572_864)
+        );
         assert_eq!(config.election_ticks(), 10);
     }
 
     #[test]
     fn bad_flags_are_explained() {
-        let err = flags(&["--listen-client-urls", "https://127.0.0.1:1"]).into_config().unwrap_err();
-        assert!(err.to_string().contains("http://"), "{err}");
-        let err = flags(&["--initial-cluster", "other=http://127.0.0.1:2380"]).into_config().unwrap_err();
-        assert!(err.to_string().contains("no member named \"default\""), "{err}");
-        let err = flags(&["--initial-cluster", "default=http://127.0.0.1:2380,b=http://127.0.0.1:2381"])
+        let err = flags(&["--listen-client-urls", "https://127.0.0.1:1"])
             .into_config()
             .unwrap_err();
+        assert!(err.to_string().contains("http://"), "{err}");
+        let err = flags(&["--initial-cluster", "other=http://127.0.0.1:2380"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("no member named \"default\""),
+            "{err}"
+        );
+        let err = flags(&[
+            "--initial-cluster",
+            "default=http://127.0.0.1:2380,b=http://127.0.0.1:2381",
+        ])
+        .into_config()
+        .unwrap_err();
         assert!(err.to_string().contains("multi-member"), "{err}");
-        let err = flags(&["--election-timeout", "100"]).into_config().unwrap_err();
+        let err = flags(&["--election-timeout", "100"])
+            .into_config()
+            .unwrap_err();
         assert!(err.to_string().contains("5 times"), "{err}");
     }
 
     #[test]
     fn environment_variables_name_the_flags() {
         let cmd = <Flags as clap::CommandFactory>::command();
-        let data_dir = cmd.get_arguments().find(|a| a.get_id() == "data_dir").unwrap();
+        let data_dir = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "data_dir")
+            .unwrap();
         assert_eq!(data_dir.get_env().unwrap(), "CONCORD_DATA_DIR");
     }
 }

@@ -16,7 +16,10 @@ async fn main() -> std::process::ExitCode {
     let flags = Flags::parse();
     let filter = EnvFilter::try_new(format!("concord_store={0},concord={0}", flags.log_level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
     match run(flags).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(err) => {
@@ -29,7 +32,11 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(flags: Flags) -> concord_store::Result<()> {
     let config = flags.into_config()?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), etcd_api = concord_store::config::ETCD_API_VERSION, "starting concord");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        etcd_api = concord_store::config::ETCD_API_VERSION,
+        "starting concord"
+    );
     let mut server = Server::start(config).await?;
     tokio::select! {
         signal = shutdown_signal() => {

@@ -51,9 +51,11 @@ impl Server {
         let state = db.open_tree("state")?;
         let (member_id, cluster_id) = identity(&state, &config)?;
         let kv = Arc::new(KvStore::open(state.clone())?);
-        let sm = StateMachine::open(kv.clone(), &state)?;
-        let mut bootstrap = ConfState::default();
-        bootstrap.voters = vec![member_id];
+        let sm = StateMachine::open(kv.clone());
+        let bootstrap = ConfState {
+            voters: vec![member_id],
+            ..Default::default()
+        };
         let mut storage = RaftStorage::open(db.open_tree("raft")?, &state, bootstrap)?;
         storage.raise_commit(sm.applied())?;
         let node_config = NodeConfig {
@@ -86,9 +88,16 @@ impl Server {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .map_err(|e| Error::Network(format!("cannot listen on {addr}: {e}")))?;
-            let local = listener.local_addr().map_err(|e| Error::Network(e.to_string()))?;
+            let local = listener
+                .local_addr()
+                .map_err(|e| Error::Network(e.to_string()))?;
             client_addrs.push(local);
-            listeners.push(tokio::spawn(serve(listener, core.clone(), config.max_request_bytes, stop_rx.clone())));
+            listeners.push(tokio::spawn(serve(
+                listener,
+                core.clone(),
+                config.max_request_bytes,
+                stop_rx.clone(),
+            )));
         }
         tracing::info!(
             name = %config.name,
@@ -152,8 +161,12 @@ impl Drop for Server {
 }
 
 fn open_db(config: &ServerConfig) -> Result<sled::Db> {
-    std::fs::create_dir_all(&config.data_dir)
-        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", config.data_dir.display())))?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        Error::Config(format!(
+            "cannot create data dir {}: {e}",
+            config.data_dir.display()
+        ))
+    })?;
     sled::Config::new()
         .path(config.data_dir.join("db"))
         .cache_capacity(CACHE_BYTES)
@@ -216,4 +229,3 @@ async fn serve(
         .await
         .map_err(|e| Error::Network(e.to_string()))
 }
-

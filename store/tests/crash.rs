@@ -25,7 +25,11 @@ const ROUNDS: usize = 12;
 const WRITERS: usize = 8;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Starts the binary on `dir` serving clients on `port`.
@@ -34,8 +38,18 @@ fn spawn(dir: &Path, port: u16) -> Child {
     let peer = format!("http://127.0.0.1:{}", free_port());
     Command::new(env!("CARGO_BIN_EXE_concord"))
         .args(["--data-dir", dir.to_str().unwrap()])
-        .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-        .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+        .args([
+            "--listen-client-urls",
+            &url,
+            "--advertise-client-urls",
+            &url,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
         .args(["--initial-cluster", &format!("default={peer}")])
         .args(["--log-level", "warn"])
         .stdout(Stdio::null())
@@ -53,7 +67,10 @@ async fn connect(port: u16) -> Client {
         {
             return client;
         }
-        assert!(Instant::now() < deadline, "concord did not come up on port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "concord did not come up on port {port}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -67,7 +84,12 @@ struct Acked {
 }
 
 /// Writes unique keys until the process dies; returns what was acknowledged.
-async fn write_until_killed(client: Client, round: usize, writer: usize, acked: Arc<Mutex<Vec<Acked>>>) {
+async fn write_until_killed(
+    client: Client,
+    round: usize,
+    writer: usize,
+    acked: Arc<Mutex<Vec<Acked>>>,
+) {
     let mut kv = client.kv_client();
     for seq in 0.. {
         let key = format!("r{round:02}/w{writer}/{seq:06}");
@@ -75,7 +97,11 @@ async fn write_until_killed(client: Client, round: usize, writer: usize, acked: 
         match kv.put(key.clone(), value.clone(), None).await {
             Ok(resp) => {
                 let revision = resp.header().expect("a put has a header").revision();
-                acked.lock().unwrap().push(Acked { key, value, revision });
+                acked.lock().unwrap().push(Acked {
+                    key,
+                    value,
+                    revision,
+                });
             }
             Err(_) => return, // the server is gone: this write may or may not have happened
         }
@@ -106,8 +132,16 @@ async fn sigkill_under_load_loses_no_acknowledged_write() {
             w.await.unwrap();
         }
         let acked = acked.lock().unwrap().clone();
-        assert!(!acked.is_empty(), "round {round}: no write was acknowledged in {delay} ms");
-        last_revision = acked.iter().map(|a| a.revision).max().unwrap().max(last_revision);
+        assert!(
+            !acked.is_empty(),
+            "round {round}: no write was acknowledged in {delay} ms"
+        );
+        last_revision = acked
+            .iter()
+            .map(|a| a.revision)
+            .max()
+            .unwrap()
+            .max(last_revision);
         all.extend(acked);
     }
     let mut child = spawn(dir.path(), port);
@@ -115,7 +149,10 @@ async fn sigkill_under_load_loses_no_acknowledged_write() {
     verify(&client, &all, last_revision, ROUNDS).await;
     child.kill().unwrap();
     child.wait().unwrap();
-    eprintln!("{} acknowledged writes over {ROUNDS} SIGKILLs, all present after restart", all.len());
+    eprintln!(
+        "{} acknowledged writes over {ROUNDS} SIGKILLs, all present after restart",
+        all.len()
+    );
 }
 
 /// Every acknowledged write is present with its value and revision.
@@ -127,15 +164,27 @@ async fn verify(client: &Client, acked: &[Acked], last_revision: i64, round: usi
         revision >= last_revision,
         "round {round}: revision went back from {last_revision} to {revision} after restart"
     );
-    let stored = kv.get("r", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let stored = kv
+        .get("r", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     let stored: HashMap<&str, (&str, i64)> = stored
         .kvs()
         .iter()
-        .map(|kv| (kv.key_str().unwrap(), (kv.value_str().unwrap(), kv.mod_revision())))
+        .map(|kv| {
+            (
+                kv.key_str().unwrap(),
+                (kv.value_str().unwrap(), kv.mod_revision()),
+            )
+        })
         .collect();
     for a in acked {
         let found = stored.get(a.key.as_str());
-        assert_eq!(found, Some(&(a.value.as_str(), a.revision)), "round {round}: acknowledged {a:?}");
+        assert_eq!(
+            found,
+            Some(&(a.value.as_str(), a.revision)),
+            "round {round}: acknowledged {a:?}"
+        );
     }
 }
 
@@ -148,12 +197,22 @@ async fn a_second_server_on_the_same_data_dir_is_refused() {
     client.put("k", "v", None).await.unwrap();
 
     let second = spawn(dir.path(), free_port()).wait_with_output().unwrap();
-    assert!(!second.status.success(), "a second server on the same data dir must not start");
+    assert!(
+        !second.status.success(),
+        "a second server on the same data dir must not start"
+    );
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains("is in use by another concord process"), "unclear message: {stderr}");
+    assert!(
+        stderr.contains("is in use by another concord process"),
+        "unclear message: {stderr}"
+    );
 
     let resp = client.get("k", None).await.unwrap();
-    assert_eq!(resp.kvs()[0].value_str().unwrap(), "v", "the first server is unaffected");
+    assert_eq!(
+        resp.kvs()[0].value_str().unwrap(),
+        "v",
+        "the first server is unaffected"
+    );
     first.kill().unwrap();
     first.wait().unwrap();
 }
@@ -166,14 +225,28 @@ async fn sigterm_shuts_down_cleanly_and_keeps_the_data() {
     let mut client = connect(port).await;
     let put = client.put("kept", "yes", None).await.unwrap();
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "exit status {:?}: {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit status {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut child = spawn(dir.path(), port);
     let mut client = connect(port).await;
     let resp = client.get("kept", None).await.unwrap();
-    assert_eq!(resp.kvs()[0].mod_revision(), put.header().unwrap().revision());
+    assert_eq!(
+        resp.kvs()[0].mod_revision(),
+        put.header().unwrap().revision()
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -89,11 +89,16 @@ impl KeyIndex {
     }
 
     fn open_generation(&mut self) -> &mut Generation {
-        self.generations.last_mut().expect("a key index always has an open generation")
+        self.generations
+            .last_mut()
+            .expect("a key index always has an open generation")
     }
 
     fn last_revision(&self) -> Option<Revision> {
-        self.generations.iter().rev().find_map(|g| g.revs.last().copied())
+        self.generations
+            .iter()
+            .rev()
+            .find_map(|g| g.revs.last().copied())
     }
 
     /// Whether the key exists now.
@@ -106,7 +111,9 @@ impl KeyIndex {
     pub fn get(&self, at: Rev) -> Option<Revision> {
         let last = self.generations.len() - 1;
         for (i, g) in self.generations.iter().enumerate().rev() {
-            let Some(first) = g.revs.first() else { continue };
+            let Some(first) = g.revs.first() else {
+                continue;
+            };
             if first.main > at {
                 continue;
             }
@@ -211,14 +218,22 @@ impl TreeIndex {
 
     /// Visits, in key order, every key of `range` that existed at `at`, with the revision holding
     /// it; stops when `visit` returns false.
-    pub fn range(&self, range: KeyRange<'_>, at: Rev, mut visit: impl FnMut(&[u8], Revision) -> bool) {
+    pub fn range(
+        &self,
+        range: KeyRange<'_>,
+        at: Rev,
+        mut visit: impl FnMut(&[u8], Revision) -> bool,
+    ) {
         let upper = match range.end {
             [] => Bound::Included(range.key),
             [0] => Bound::Unbounded,
             end if end <= range.key => return,
             end => Bound::Excluded(end),
         };
-        for (k, ki) in self.keys.range::<[u8], _>((Bound::Included(range.key), upper)) {
+        for (k, ki) in self
+            .keys
+            .range::<[u8], _>((Bound::Included(range.key), upper))
+        {
             if let Some(rev) = ki.get(at)
                 && !visit(k, rev)
             {
@@ -294,7 +309,11 @@ mod tests {
     fn compaction_keeps_what_reads_at_or_after_need() {
         let mut ki = example();
         assert_eq!(ki.compact(2), vec![r(1)]);
-        assert_eq!(ki.get(2), Some(r(2)), "the value visible at the compact revision stays");
+        assert_eq!(
+            ki.get(2),
+            Some(r(2)),
+            "the value visible at the compact revision stays"
+        );
         assert_eq!(ki.get(4), Some(r(4)));
 
         assert_eq!(ki.compact(4), vec![r(2), r(3)]);
@@ -302,7 +321,10 @@ mod tests {
         assert!(!ki.is_empty());
 
         assert_eq!(ki.compact(5), vec![r(4), r(5)]);
-        assert!(ki.is_empty(), "a key deleted at or before the compact revision is forgotten");
+        assert!(
+            ki.is_empty(),
+            "a key deleted at or before the compact revision is forgotten"
+        );
     }
 
     #[test]
@@ -314,7 +336,11 @@ mod tests {
         assert_eq!(ki.compact(10), vec![r(2), r(3)]);
         assert_eq!(ki.get(10), Some(r(4)));
         assert!(ki.is_live());
-        assert_eq!(ki.put(r(11)), (2, 4), "compaction keeps create revision and version");
+        assert_eq!(
+            ki.put(r(11)),
+            (2, 4),
+            "compaction keeps create revision and version"
+        );
     }
 
     #[test]
@@ -325,9 +351,24 @@ mod tests {
         }
         let keys = |key: &str, end: &[u8]| index.live_keys(KeyRange::new(key.as_bytes(), end), 10);
         assert_eq!(keys("b", b""), vec![b"b".to_vec()], "single key");
-        assert_eq!(keys("b", b"\0"), vec![b"b".to_vec(), b"c".to_vec()], "from key");
-        assert_eq!(keys("a", b"c"), vec![b"a".to_vec(), b"b".to_vec()], "half-open");
-        assert!(keys("c", b"a").is_empty(), "an end before the key is an empty range");
-        assert_eq!(index.live_keys(KeyRange::new(b"a", b"c"), 2), vec![b"a".to_vec()], "as of rev 2");
+        assert_eq!(
+            keys("b", b"\0"),
+            vec![b"b".to_vec(), b"c".to_vec()],
+            "from key"
+        );
+        assert_eq!(
+            keys("a", b"c"),
+            vec![b"a".to_vec(), b"b".to_vec()],
+            "half-open"
+        );
+        assert!(
+            keys("c", b"a").is_empty(),
+            "an end before the key is an empty range"
+        );
+        assert_eq!(
+            index.live_keys(KeyRange::new(b"a", b"c"), 2),
+            vec![b"a".to_vec()],
+            "as of rev 2"
+        );
     }
 }

@@ -1,28 +1,31 @@
 //! The multi-version key-value store: history in sled, the index in memory.
 //!
-//! Every change is a *record* stored under its [`Revision`] in the state tree (see `revision.rs` for
-//! the key layout): a put stores the whole `mvccpb.KeyValue` as of that revision, a delete stores a
-//! tombstone. Records are never rewritten, only removed by compaction, so a reader that found a
-//! revision in the index can fetch its value without further coordination.
+//! Every change is a *record* stored under its [`Revision`] (see `revision.rs` for the key layout):
+//! a put stores the whole `mvccpb.KeyValue` as of that revision, a delete stores a tombstone.
+//! Records are never rewritten, only removed by compaction, so a reader that found a revision in the
+//! index can fetch its value without further coordination.
 //!
-//! Concurrency: one [`parking_lot::RwLock`] guards the index and the two clocks (current and compact
-//! revision). Readers ([`ReadTxn`]) hold it shared while they look up revisions and fetch records;
-//! the apply loop holds it exclusively for the length of one [`WriteTxn`], so a reader sees either
-//! none or all of a transaction. It is a synchronous lock on purpose: nothing awaits while holding
-//! it, and sections are short.
+//! Concurrency: one [`parking_lot::RwLock`] guards the index, the clocks and the unwritten records.
+//! Readers ([`ReadTxn`]) hold it shared; the apply loop holds it exclusively for one
+//! [`WriteBatch`] (the entries of one Ready), so a reader sees all of a transaction or none of it.
+//! It is a synchronous lock on purpose: nothing awaits while holding it, and sections are short.
 //!
-//! Atomicity and durability: a write transaction ends in one sled batch holding its records, the new
-//! current revision and the Raft applied index (added by the caller), so after a crash the state and
-//! the applied index always agree. The batch is not flushed here: the Raft log already holds the
-//! entry durably, and a restart re-applies entries after the stored applied index.
-//!
-//! Left out here: leases are looked up by the caller before a put is applied; watch notification
-//! happens after the batch, in the node loop.
+//! The backend batch, as etcd does it. Applying an entry changes only memory: the index, and the
+//! *unwritten* records, which readers find there until they reach sled. [`KvStore::write_back`]
+//! writes all unwritten records to sled in **one atomic batch together with the applied index**
+//! (and the current and compact revisions); the node loop calls it every
+//! [`BACKEND_BATCH_INTERVAL`] or [`BACKEND_BATCH_LIMIT`] records, before a hash, and at shutdown.
+//! This is safe because an entry is applied only after it is durable in the Raft log: after a
+//! crash, the state in sled is exactly the state as of its applied index, and the node re-applies
+//! the log above it. The Raft log is never compacted past an applied index that sled holds
+//! durably (`raft/node.rs`). etcd's backend works the same way (a bbolt transaction committed every
+//! 100 ms or 10,000 operations, with the consistent index inside it).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use concord_proto::mvccpb::KeyValue;
-use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use parking_lot::{RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use prost::Message;
 
 use super::key_index::{KeyRange, TreeIndex};
@@ -33,6 +36,13 @@ use crate::error::{Error, Result};
 const META_REV: &[u8] = b"m/rev";
 /// Meta key: the revision of the last compaction.
 const META_COMPACT: &[u8] = b"m/compact";
+/// Meta key: the Raft index of the last entry whose changes sled holds.
+pub const META_APPLIED: &[u8] = b"m/applied";
+
+/// Longest time applied changes wait in memory before they are written to sled.
+pub const BACKEND_BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// Most records waiting in memory before they are written to sled.
+pub const BACKEND_BATCH_LIMIT: usize = 10_000;
 
 /// The compact revision of a store never compacted (etcd's initial `compactMainRev`).
 pub const NEVER_COMPACTED: Rev = -1;
@@ -64,8 +74,15 @@ pub struct RangeResult {
     pub rev: Rev,
 }
 
-/// The index and the clocks, guarded together.
-#[derive(Debug, Default)]
+/// A record not yet in sled: written (tag and value) or removed by compaction.
+#[derive(Debug, Clone)]
+enum Unwritten {
+    Record(u8, KeyValue),
+    Removed,
+}
+
+/// The index, the clocks and the unwritten records, guarded together.
+#[derive(Debug)]
 struct IndexState {
     /// Every key's history.
     index: TreeIndex,
@@ -74,34 +91,52 @@ struct IndexState {
     /// History below this revision is gone; -1 if never compacted (as in etcd, so that a first
     /// compaction at revision 0 is accepted).
     compacted: Rev,
+    /// The Raft index of the last applied entry.
+    applied: u64,
+    /// The applied index that sled holds (≤ `applied`).
+    written: u64,
+    /// Changes applied but not yet in sled (see the module doc).
+    unwritten: HashMap<Revision, Unwritten>,
 }
 
 /// The MVCC key-value store.
 pub struct KvStore {
-    /// The state tree: history records and meta keys, shared with the apply loop's batches.
+    /// The state tree: history records and meta keys.
     tree: sled::Tree,
-    /// The in-memory index and the clocks (see the module doc).
+    /// The in-memory index, clocks and unwritten records (see the module doc).
     state: RwLock<IndexState>,
 }
 
 impl KvStore {
     /// Opens the store on `tree` and rebuilds the index from the history it holds.
     pub fn open(tree: sled::Tree) -> Result<Self> {
+        let applied = read_i64(&tree, META_APPLIED)?.unwrap_or(0) as u64;
         let mut state = IndexState {
+            index: TreeIndex::default(),
             current: read_i64(&tree, META_REV)?.unwrap_or(1),
             compacted: read_i64(&tree, META_COMPACT)?.unwrap_or(NEVER_COMPACTED),
-            ..Default::default()
+            applied,
+            written: applied,
+            unwritten: HashMap::new(),
         };
         for item in tree.scan_prefix([HISTORY_PREFIX]) {
             let (k, v) = item?;
-            let rev = Revision::from_key(&k).ok_or_else(|| Error::Corrupt("bad history key".into()))?;
+            let rev =
+                Revision::from_key(&k).ok_or_else(|| Error::Corrupt("bad history key".into()))?;
             let (tombstone, kv) = decode_record(&v)?;
             if tombstone {
                 state.index.tombstone(&kv.key, rev);
             } else {
-                state.index.restore(&kv.key, rev, kv.create_revision, kv.version);
+                state
+                    .index
+                    .restore(&kv.key, rev, kv.create_revision, kv.version);
             }
-            state.current = state.current.max(rev.main);
+            if rev.main > state.current {
+                return Err(Error::Corrupt(format!(
+                    "history record {rev:?} is newer than the stored revision {}",
+                    state.current
+                )));
+            }
         }
         Ok(KvStore {
             tree,
@@ -120,10 +155,8 @@ impl KvStore {
     /// Starts the writes of one batch of Raft entries. Only the apply loop writes.
     pub fn write(&self) -> WriteBatch<'_> {
         WriteBatch {
-            store: self,
             state: self.state.write(),
-            pending: HashMap::new(),
-            batch: sled::Batch::default(),
+            store: self,
         }
     }
 
@@ -137,9 +170,51 @@ impl KvStore {
         self.state.read().compacted
     }
 
-    /// A CRC-32 over the history records with main revision in `(compacted, rev]` (etcd's
-    /// HashKV): equal on replicas that applied the same entries, whatever their timing.
+    /// The Raft index of the last applied entry.
+    pub fn applied(&self) -> u64 {
+        self.state.read().applied
+    }
+
+    /// The applied index that sled holds (not necessarily flushed yet).
+    pub fn written(&self) -> u64 {
+        self.state.read().written
+    }
+
+    /// Whether [`KvStore::write_back`] has anything to do, and how many records wait.
+    pub fn unwritten(&self) -> (bool, usize) {
+        let state = self.state.read();
+        (state.written != state.applied, state.unwritten.len())
+    }
+
+    /// Writes every unwritten change to sled in one atomic batch with the applied index and the
+    /// clocks (see the module doc). Readers go on meanwhile; the records leave memory only once
+    /// sled has them. Does not flush.
+    pub fn write_back(&self) -> Result<()> {
+        let state = self.state.upgradable_read();
+        if state.written == state.applied {
+            return Ok(());
+        }
+        let mut batch = sled::Batch::default();
+        for (rev, change) in &state.unwritten {
+            match change {
+                Unwritten::Record(tag, kv) => batch.insert(&rev.to_key(), encode_record(*tag, kv)),
+                Unwritten::Removed => batch.remove(&rev.to_key()),
+            }
+        }
+        batch.insert(META_REV, &state.current.to_be_bytes());
+        batch.insert(META_COMPACT, &state.compacted.to_be_bytes());
+        batch.insert(META_APPLIED, &(state.applied as i64).to_be_bytes());
+        self.tree.apply_batch(batch)?;
+        let mut state = RwLockUpgradableReadGuard::upgrade(state);
+        state.unwritten.clear();
+        state.written = state.applied;
+        Ok(())
+    }
+
+    /// A CRC-32 over the history records with main revision ≤ `rev` (etcd's HashKV): equal on
+    /// replicas that applied the same entries, whatever their timing. Writes back first.
     pub fn hash_kv(&self, rev: Rev) -> Result<(u32, Rev, Rev)> {
+        self.write_back()?;
         let state = self.state.read();
         let rev = if rev <= 0 { state.current } else { rev };
         if rev > state.current {
@@ -156,6 +231,19 @@ impl KvStore {
             hasher.update(&v);
         }
         Ok((hasher.finalize(), state.compacted, rev))
+    }
+
+    /// A CRC-32 over the whole state tree (etcd's Hash). Writes back first.
+    pub fn hash(&self) -> Result<u32> {
+        self.write_back()?;
+        let _state = self.state.read();
+        let mut hasher = crc32fast::Hasher::new();
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            hasher.update(&k);
+            hasher.update(&v);
+        }
+        Ok(hasher.finalize())
     }
 }
 
@@ -186,13 +274,22 @@ impl View for ReadTxn<'_> {
 
     fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
         range_keys(&self.state, range, opts, self.state.current, |rev| {
-            self.store.fetch(rev)
+            self.store.fetch(&self.state, rev)
         })
     }
 }
 
 impl KvStore {
-    fn fetch(&self, rev: Revision) -> Result<KeyValue> {
+    /// The record at `rev`: from the unwritten changes, or from sled.
+    fn fetch(&self, state: &IndexState, rev: Revision) -> Result<KeyValue> {
+        if let Some(change) = state.unwritten.get(&rev) {
+            return match change {
+                Unwritten::Record(_, kv) => Ok(kv.clone()),
+                Unwritten::Removed => Err(Error::Corrupt(format!(
+                    "compacted record {rev:?} is still indexed"
+                ))),
+            };
+        }
         let bytes = self
             .tree
             .get(rev.to_key())?
@@ -226,19 +323,18 @@ fn range_keys(
         true
     });
     let kvs = revs.into_iter().map(fetch).collect::<Result<Vec<_>>>()?;
-    Ok(RangeResult { kvs, count, rev: cur })
+    Ok(RangeResult {
+        kvs,
+        count,
+        rev: cur,
+    })
 }
 
-/// The writes of one batch of Raft entries (one Ready): they hold the index exclusively until
-/// [`WriteBatch::commit`] has applied them to sled in one atomic batch, so readers never see an index
-/// entry whose record is not in sled yet, nor part of a batch.
+/// The writes of one batch of Raft entries (one Ready), holding the store exclusively: readers see
+/// none of it until it ends, then all of it.
 pub struct WriteBatch<'a> {
-    store: &'a KvStore,
     state: RwLockWriteGuard<'a, IndexState>,
-    /// Records of this batch not yet in sled, for reads inside it.
-    pending: HashMap<Revision, KeyValue>,
-    /// The records and meta keys to apply at commit.
-    batch: sled::Batch,
+    store: &'a KvStore,
 }
 
 impl<'a> WriteBatch<'a> {
@@ -252,7 +348,7 @@ impl<'a> WriteBatch<'a> {
         }
     }
 
-    /// Compacts history below `rev` (see `key_index.rs`): removes every record no read at `rev` or
+    /// Compacts history below `rev` (see `key_index.rs`): forgets every record no read at `rev` or
     /// later needs. Returns the current revision.
     pub fn compact(&mut self, rev: Rev) -> Result<Rev> {
         if rev <= self.state.compacted {
@@ -262,25 +358,20 @@ impl<'a> WriteBatch<'a> {
             return Err(Error::FutureRevision);
         }
         for removed in self.state.index.compact(rev) {
-            self.batch.remove(&removed.to_key());
-            self.pending.remove(&removed);
+            self.state.unwritten.insert(removed, Unwritten::Removed);
         }
-        self.batch.insert(META_COMPACT, &rev.to_be_bytes());
         self.state.compacted = rev;
         Ok(self.state.current)
     }
 
-    /// Applies everything, and `meta` (the caller's applied index), in one atomic sled batch.
-    /// Returns the store's revision afterwards.
-    pub fn commit(mut self, meta: &[(&[u8], Vec<u8>)]) -> Result<Rev> {
-        let rev = self.state.current;
-        self.batch.insert(META_REV, &rev.to_be_bytes());
-        for (k, v) in meta {
-            self.batch.insert(*k, v.as_slice());
-        }
-        let batch = std::mem::take(&mut self.batch);
-        self.store.tree.apply_batch(batch)?;
-        Ok(rev)
+    /// Ends the batch: everything up to Raft index `applied` is applied. Returns the revision.
+    pub fn finish(mut self, applied: u64) -> Rev {
+        assert!(
+            applied >= self.state.applied,
+            "the applied index never goes back"
+        );
+        self.state.applied = applied;
+        self.state.current
     }
 }
 
@@ -333,8 +424,10 @@ impl WriteTxn<'_, '_> {
     }
 
     fn record(&mut self, rev: Revision, tag: u8, kv: KeyValue) {
-        self.batch.batch.insert(&rev.to_key(), encode_record(tag, &kv));
-        self.batch.pending.insert(rev, kv);
+        self.batch
+            .state
+            .unwritten
+            .insert(rev, Unwritten::Record(tag, kv));
         self.changes += 1;
     }
 
@@ -355,7 +448,11 @@ impl Drop for WriteTxn<'_, '_> {
 impl View for WriteTxn<'_, '_> {
     /// etcd's write-transaction rule: reads see the transaction's own changes.
     fn rev(&self) -> Rev {
-        if self.has_changes() { self.begin + 1 } else { self.begin }
+        if self.has_changes() {
+            self.begin + 1
+        } else {
+            self.begin
+        }
     }
 
     fn compacted(&self) -> Rev {
@@ -363,11 +460,9 @@ impl View for WriteTxn<'_, '_> {
     }
 
     fn range(&self, range: KeyRange<'_>, opts: RangeOptions) -> Result<RangeResult> {
-        range_keys(&self.batch.state, range, opts, self.rev(), |rev| {
-            match self.batch.pending.get(&rev) {
-                Some(kv) => Ok(kv.clone()),
-                None => self.batch.store.fetch(rev),
-            }
+        let state = &*self.batch.state;
+        range_keys(state, range, opts, self.rev(), |rev| {
+            self.batch.store.fetch(state, rev)
         })
     }
 }
@@ -404,6 +499,15 @@ pub(crate) fn read_i64(tree: &sled::Tree, key: &[u8]) -> Result<Option<i64>> {
 mod tests {
     use super::*;
 
+    /// Ends a batch as the apply loop does, and writes it to sled (each test batch is one entry).
+    fn commit(batch: WriteBatch<'_>) -> Rev {
+        let store = batch.store;
+        let applied = batch.state.applied + 1;
+        let rev = batch.finish(applied);
+        store.write_back().unwrap();
+        rev
+    }
+
     fn store() -> (sled::Db, KvStore) {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let store = KvStore::open(db.open_tree("state").unwrap()).unwrap();
@@ -413,19 +517,24 @@ mod tests {
     fn put(store: &KvStore, key: &str, value: &str) -> Rev {
         let mut batch = store.write();
         batch.txn().put(key.as_bytes(), value.as_bytes(), 0);
-        batch.commit(&[]).unwrap()
+        commit(batch)
     }
 
     fn compact(store: &KvStore, rev: Rev) -> Result<Rev> {
         let mut batch = store.write();
         let result = batch.compact(rev);
-        batch.commit(&[]).unwrap();
+        commit(batch);
         result
     }
 
     fn get(store: &KvStore, key: &str, rev: Rev) -> Result<Option<KeyValue>> {
-        let opts = RangeOptions { rev, ..Default::default() };
-        let res = store.read().range(KeyRange::new(key.as_bytes(), b""), opts)?;
+        let opts = RangeOptions {
+            rev,
+            ..Default::default()
+        };
+        let res = store
+            .read()
+            .range(KeyRange::new(key.as_bytes(), b""), opts)?;
         Ok(res.kvs.into_iter().next())
     }
 
@@ -433,16 +542,28 @@ mod tests {
     #[test]
     fn history_of_one_key() {
         let (_db, store) = store();
-        assert_eq!(store.current_revision(), 1, "an empty store is at revision 1");
+        assert_eq!(
+            store.current_revision(),
+            1,
+            "an empty store is at revision 1"
+        );
         assert_eq!(put(&store, "foo", "a"), 2);
         assert_eq!(put(&store, "foo", "b"), 3);
         let mut batch = store.write();
         assert_eq!(batch.txn().delete_range(KeyRange::new(b"foo", b"")), 1);
-        assert_eq!(batch.commit(&[]).unwrap(), 4);
+        assert_eq!(commit(batch), 4);
         assert_eq!(put(&store, "foo", "c"), 5);
 
         let kv = get(&store, "foo", 3).unwrap().unwrap();
-        assert_eq!((kv.value.as_slice(), kv.create_revision, kv.mod_revision, kv.version), (&b"b"[..], 2, 3, 2));
+        assert_eq!(
+            (
+                kv.value.as_slice(),
+                kv.create_revision,
+                kv.mod_revision,
+                kv.version
+            ),
+            (&b"b"[..], 2, 3, 2)
+        );
         assert_eq!(get(&store, "foo", 4).unwrap(), None, "deleted at 4");
         let kv = get(&store, "foo", 0).unwrap().unwrap();
         assert_eq!((kv.create_revision, kv.version), (5, 1), "a new generation");
@@ -456,14 +577,23 @@ mod tests {
         let mut txn = batch.txn();
         txn.put(b"a", b"1", 0);
         txn.put(b"b", b"2", 0);
-        let seen = txn.range(KeyRange::new(b"a", b"\0"), RangeOptions::default()).unwrap();
+        let seen = txn
+            .range(KeyRange::new(b"a", b"\0"), RangeOptions::default())
+            .unwrap();
         assert_eq!(seen.count, 2);
         assert_eq!(seen.kvs[1].mod_revision, 2);
         drop(txn);
         batch.txn().put(b"c", b"3", 0);
-        assert_eq!(batch.commit(&[]).unwrap(), 3, "one revision per transaction, two in the batch");
+        assert_eq!(
+            commit(batch),
+            3,
+            "one revision per transaction, two in the batch"
+        );
         assert_eq!(store.current_revision(), 3);
-        let c = store.read().range(KeyRange::new(b"c", b""), RangeOptions::default()).unwrap();
+        let c = store
+            .read()
+            .range(KeyRange::new(b"c", b""), RangeOptions::default())
+            .unwrap();
         assert_eq!(c.kvs[0].mod_revision, 3);
     }
 
@@ -472,7 +602,7 @@ mod tests {
         let (_db, store) = store();
         let mut batch = store.write();
         assert_eq!(batch.txn().delete_range(KeyRange::new(b"missing", b"")), 0);
-        assert_eq!(batch.commit(&[]).unwrap(), 1);
+        assert_eq!(commit(batch), 1);
     }
 
     #[test]
@@ -483,7 +613,11 @@ mod tests {
         put(&store, "k", "v3"); // 4
         assert_eq!(compact(&store, 3).unwrap(), 4);
         assert_eq!(get(&store, "k", 2), Err(Error::Compacted));
-        assert_eq!(get(&store, "k", 3).unwrap().unwrap().value, b"v2", "reads at the compact revision still work");
+        assert_eq!(
+            get(&store, "k", 3).unwrap().unwrap().value,
+            b"v2",
+            "reads at the compact revision still work"
+        );
         assert_eq!(compact(&store, 3), Err(Error::Compacted));
         assert_eq!(compact(&store, 9), Err(Error::FutureRevision));
     }
@@ -512,7 +646,11 @@ mod tests {
         assert_eq!(store.compacted_revision(), 3);
         assert_eq!(put(&store, "a", "3"), 5);
         let kv = get(&store, "a", 0).unwrap().unwrap();
-        assert_eq!((kv.create_revision, kv.version), (2, 3), "version survives compaction and restart");
+        assert_eq!(
+            (kv.create_revision, kv.version),
+            (2, 3),
+            "version survives compaction and restart"
+        );
     }
 
     #[test]
@@ -526,6 +664,10 @@ mod tests {
         assert_eq!(one.hash_kv(0).unwrap(), two.hash_kv(0).unwrap());
         put(&two, "z", "3");
         assert_ne!(one.hash_kv(0).unwrap().0, two.hash_kv(0).unwrap().0);
-        assert_eq!(one.hash_kv(3).unwrap(), two.hash_kv(3).unwrap(), "same history up to 3");
+        assert_eq!(
+            one.hash_kv(3).unwrap(),
+            two.hash_kv(3).unwrap(),
+            "same history up to 3"
+        );
     }
 }

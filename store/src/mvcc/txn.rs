@@ -136,7 +136,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>)
     let deleted = |dels: &[Deleted], k: &[u8]| dels.iter().any(|d| d.contains(k));
     let mut puts = HashSet::new();
     for op in ops {
-        let Some(Request::RequestTxn(t)) = &op.request else { continue };
+        let Some(Request::RequestTxn(t)) = &op.request else {
+            continue;
+        };
         let (puts_then, dels_then) = check_intervals(&t.success)?;
         let (puts_else, dels_else) = check_intervals(&t.failure)?;
         for k in &puts_then {
@@ -155,7 +157,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>)
         dels.extend(dels_else);
     }
     for op in ops {
-        let Some(Request::RequestPut(p)) = &op.request else { continue };
+        let Some(Request::RequestPut(p)) = &op.request else {
+            continue;
+        };
         if puts.contains(&p.key) || deleted(&dels, &p.key) {
             return Err(Error::DuplicateKey);
         }
@@ -166,20 +170,26 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<Deleted>)
 
 /// Whether a transaction only reads (then it is served without Raft, like a Range).
 pub fn is_read_only(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(_)) => true,
-        Some(Request::RequestTxn(t)) => is_read_only(t),
-        _ => false,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(_)) => true,
+            Some(Request::RequestTxn(t)) => is_read_only(t),
+            _ => false,
+        })
 }
 
 /// Whether every range of a read-only transaction is serializable.
 pub fn is_serializable(r: &TxnRequest) -> bool {
-    r.success.iter().chain(&r.failure).all(|op| match &op.request {
-        Some(Request::RequestRange(r)) => r.serializable,
-        Some(Request::RequestTxn(t)) => is_serializable(t),
-        _ => true,
-    })
+    r.success
+        .iter()
+        .chain(&r.failure)
+        .all(|op| match &op.request {
+            Some(Request::RequestRange(r)) => r.serializable,
+            Some(Request::RequestTxn(t)) => is_serializable(t),
+            _ => true,
+        })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,7 +294,10 @@ pub fn put(txn: &mut WriteTxn<'_, '_>, r: &PutRequest) -> Result<PutResponse> {
 }
 
 /// DeleteRange.
-pub fn delete_range(txn: &mut WriteTxn<'_, '_>, r: &DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+pub fn delete_range(
+    txn: &mut WriteTxn<'_, '_>,
+    r: &DeleteRangeRequest,
+) -> Result<DeleteRangeResponse> {
     let range = KeyRange::new(&r.key, &r.range_end);
     let prev_kvs = if r.prev_kv {
         txn.range(range, RangeOptions::default())?.kvs
@@ -335,7 +348,9 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
         (Ok(CompareTarget::Value), Some(TargetUnion::Value(v))) => kv.value.as_slice().cmp(v),
         (Ok(CompareTarget::Value), _) => kv.value.as_slice().cmp(&[][..]),
         (Ok(CompareTarget::Version), u) => kv.version.cmp(&union_int(u, CompareTarget::Version)),
-        (Ok(CompareTarget::Create), u) => kv.create_revision.cmp(&union_int(u, CompareTarget::Create)),
+        (Ok(CompareTarget::Create), u) => {
+            kv.create_revision.cmp(&union_int(u, CompareTarget::Create))
+        }
         (Ok(CompareTarget::Mod), u) => kv.mod_revision.cmp(&union_int(u, CompareTarget::Mod)),
         (Ok(CompareTarget::Lease), u) => kv.lease.cmp(&union_int(u, CompareTarget::Lease)),
         (Err(_), _) => return true,
@@ -388,7 +403,13 @@ fn check_ops(view: &impl View, r: &TxnRequest, p: &Path, leases: &dyn Leases) ->
 /// The stateful checks of a put: its lease exists; `ignore_*` needs the key to exist.
 pub fn check_put_state(view: &impl View, p: &PutRequest, leases: &dyn Leases) -> Result<()> {
     if p.ignore_value || p.ignore_lease {
-        let res = view.range(KeyRange::new(&p.key, b""), RangeOptions { count_only: true, ..Default::default() })?;
+        let res = view.range(
+            KeyRange::new(&p.key, b""),
+            RangeOptions {
+                count_only: true,
+                ..Default::default()
+            },
+        )?;
         if res.count == 0 {
             return Err(Error::KeyNotFound);
         }
@@ -423,7 +444,9 @@ fn read_ops(view: &ReadTxn<'_>, r: &TxnRequest, p: &Path) -> Result<TxnResponse>
             }
             _ => unreachable!("txn_read runs only read-only transactions (is_read_only)"),
         };
-        responses.push(ResponseOp { response: Some(response) });
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
     }
     Ok(TxnResponse {
         header: None,
@@ -433,7 +456,11 @@ fn read_ops(view: &ReadTxn<'_>, r: &TxnRequest, p: &Path) -> Result<TxnResponse>
 }
 
 /// A transaction that may write, applied inside the entry's write transaction.
-pub fn txn_write(txn: &mut WriteTxn<'_, '_>, r: &TxnRequest, leases: &dyn Leases) -> Result<TxnResponse> {
+pub fn txn_write(
+    txn: &mut WriteTxn<'_, '_>,
+    r: &TxnRequest,
+    leases: &dyn Leases,
+) -> Result<TxnResponse> {
     let p = path(&*txn, r);
     check_ops(&*txn, r, &p, leases)?;
     let mut resp = write_ops(txn, r, &p)?;
@@ -449,7 +476,9 @@ fn write_ops(txn: &mut WriteTxn<'_, '_>, r: &TxnRequest, p: &Path) -> Result<Txn
         let response = match &op.request {
             Some(Request::RequestRange(rr)) => Response::ResponseRange(range(&*txn, rr)?),
             Some(Request::RequestPut(pr)) => Response::ResponsePut(put(txn, pr)?),
-            Some(Request::RequestDeleteRange(dr)) => Response::ResponseDeleteRange(delete_range(txn, dr)?),
+            Some(Request::RequestDeleteRange(dr)) => {
+                Response::ResponseDeleteRange(delete_range(txn, dr)?)
+            }
             Some(Request::RequestTxn(t)) => {
                 let np = nested.next().expect("one path per nested transaction");
                 let mut inner = write_ops(txn, t, np)?;
@@ -458,7 +487,9 @@ fn write_ops(txn: &mut WriteTxn<'_, '_>, r: &TxnRequest, p: &Path) -> Result<Txn
             }
             None => return Err(Error::KeyNotFound),
         };
-        responses.push(ResponseOp { response: Some(response) });
+        responses.push(ResponseOp {
+            response: Some(response),
+        });
     }
     Ok(TxnResponse {
         header: None,
@@ -528,23 +559,36 @@ mod tests {
     fn write(store: &KvStore, r: &TxnRequest) -> Result<TxnResponse> {
         let mut batch = store.write();
         let resp = txn_write(&mut batch.txn(), r, &NoLeases);
-        batch.commit(&[]).unwrap();
+        batch.finish(0);
         resp
     }
 
     #[test]
     fn duplicate_keys_follow_etcds_interval_rules() {
         let dup = |ops: Vec<RequestOp>| check_intervals(&ops).err();
-        assert_eq!(dup(vec![put_op("a", "1"), put_op("a", "2")]), Some(Error::DuplicateKey));
-        assert_eq!(dup(vec![put_op("b", "1"), del_op("a", "c")]), Some(Error::DuplicateKey));
-        assert_eq!(dup(vec![del_op("a", "c"), del_op("b", "")]), None, "deletes may overlap");
+        assert_eq!(
+            dup(vec![put_op("a", "1"), put_op("a", "2")]),
+            Some(Error::DuplicateKey)
+        );
+        assert_eq!(
+            dup(vec![put_op("b", "1"), del_op("a", "c")]),
+            Some(Error::DuplicateKey)
+        );
+        assert_eq!(
+            dup(vec![del_op("a", "c"), del_op("b", "")]),
+            None,
+            "deletes may overlap"
+        );
         assert_eq!(
             dup(vec![txn_op(vec![put_op("a", "1")], vec![put_op("a", "2")])]),
             None,
             "the two branches of a nested txn never both run"
         );
         assert_eq!(
-            dup(vec![put_op("a", "0"), txn_op(vec![put_op("a", "1")], vec![])]),
+            dup(vec![
+                put_op("a", "0"),
+                txn_op(vec![put_op("a", "1")], vec![])
+            ]),
             Some(Error::DuplicateKey)
         );
     }
@@ -582,7 +626,11 @@ mod tests {
         assert_eq!(first.header.unwrap().revision, 2);
         let second = write(&store, &cas).unwrap();
         assert!(!second.succeeded);
-        assert_eq!(second.header.unwrap().revision, 2, "a txn that writes nothing takes no revision");
+        assert_eq!(
+            second.header.unwrap().revision,
+            2,
+            "a txn that writes nothing takes no revision"
+        );
     }
 
     #[test]
@@ -620,7 +668,14 @@ mod tests {
     fn sorting_and_limits_match_etcd() {
         let (_db, store) = store();
         for (k, v) in [("a", "3"), ("b", "1"), ("c", "2")] {
-            write(&store, &TxnRequest { success: vec![put_op(k, v)], ..Default::default() }).unwrap();
+            write(
+                &store,
+                &TxnRequest {
+                    success: vec![put_op(k, v)],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
         }
         let read = store.read();
         let req = RangeRequest {

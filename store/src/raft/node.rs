@@ -41,7 +41,10 @@ use super::proposal::{Command, IdGen, Proposal, Response, Waiters};
 use super::storage::RaftStorage;
 use crate::apply::StateMachine;
 use crate::error::{Error, Result};
+use crate::mvcc::store::{BACKEND_BATCH_INTERVAL, BACKEND_BATCH_LIMIT};
 
+/// A turn of the loop slower than this is logged (it delays every waiting caller).
+const SLOW_TURN: Duration = Duration::from_millis(100);
 /// Most messages handled in one turn before the loop works on what it has.
 const MAX_MSGS_PER_TURN: usize = 8192;
 
@@ -96,7 +99,9 @@ impl NodeHandle {
     /// Proposes `command` and waits until it is committed, durable and applied.
     pub async fn propose(&self, command: Command) -> Result<Response> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::Propose { command, reply }).map_err(|_| Error::Stopped)?;
+        self.tx
+            .send(Msg::Propose { command, reply })
+            .map_err(|_| Error::Stopped)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Stopped),
@@ -107,7 +112,9 @@ impl NodeHandle {
     /// Waits until a read served from local state now would be linearizable.
     pub async fn read_index(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Msg::ReadIndex { reply }).map_err(|_| Error::Stopped)?;
+        self.tx
+            .send(Msg::ReadIndex { reply })
+            .map_err(|_| Error::Stopped)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Stopped),
@@ -125,15 +132,18 @@ impl NodeHandle {
     }
 }
 
+/// Callers waiting for a read to become linearizable.
+type ReadWaiters = Vec<oneshot::Sender<Result<()>>>;
+
 /// Reads waiting for a read index.
 #[derive(Default)]
 struct Reads {
     /// Not yet handed to raft-rs.
-    queued: Vec<oneshot::Sender<Result<()>>>,
+    queued: ReadWaiters,
     /// Handed to raft-rs under a context, with when, waiting for a read state.
-    issued: HashMap<Vec<u8>, (Instant, Vec<oneshot::Sender<Result<()>>>)>,
+    issued: HashMap<Vec<u8>, (Instant, ReadWaiters)>,
     /// Read index known; waiting until the state machine has applied it.
-    ready: Vec<(u64, Vec<oneshot::Sender<Result<()>>>)>,
+    ready: Vec<(u64, ReadWaiters)>,
     /// Source of fresh contexts.
     next_ctx: u64,
 }
@@ -149,8 +159,10 @@ pub struct Node {
     waiters: Waiters,
     reads: Reads,
     db: sled::Db,
-    /// The applied index that the last flush made durable (log compaction stays at or below it).
+    /// The applied index that sled held at the last flush: log compaction stays at or below it.
     durable_applied: u64,
+    /// When applied changes were last written to sled.
+    last_write_back: Instant,
 }
 
 impl Node {
@@ -201,6 +213,7 @@ impl Node {
             reads: Reads::default(),
             db,
             durable_applied: applied,
+            last_write_back: Instant::now(),
         };
         node.publish_status();
         Ok((node, handle))
@@ -219,7 +232,10 @@ impl Node {
                 Err(RecvTimeoutError::Disconnected) => break Ok(()),
             };
             let mut stop = false;
-            for msg in first.into_iter().chain(rx.try_iter().take(MAX_MSGS_PER_TURN)) {
+            for msg in first
+                .into_iter()
+                .chain(rx.try_iter().take(MAX_MSGS_PER_TURN))
+            {
                 stop |= self.handle(msg);
             }
             let now = Instant::now();
@@ -230,8 +246,17 @@ impl Node {
                 self.retry_reads(now);
             }
             self.issue_reads();
+            let turn = Instant::now();
             if let Err(e) = self.on_ready() {
                 break Err(e);
+            }
+            let ready_took = turn.elapsed();
+            if let Err(e) = self.maybe_write_back(now) {
+                break Err(e);
+            }
+            let took = turn.elapsed();
+            if took > SLOW_TURN {
+                tracing::warn!(?took, ?ready_took, write_back = ?(took - ready_took), "raft loop turn took too long");
             }
             if stop {
                 break Ok(());
@@ -239,6 +264,7 @@ impl Node {
         };
         self.waiters.fail_all(Error::Stopped);
         self.fail_reads(Error::Stopped);
+        self.sm.kv().write_back()?;
         self.db.flush()?;
         result
     }
@@ -269,7 +295,8 @@ impl Node {
         .encode_to_vec();
         match self.raw.propose(vec![], data) {
             Ok(()) => {
-                let deadline = Instant::now() + self.config.request_timeout + Duration::from_secs(1);
+                let deadline =
+                    Instant::now() + self.config.request_timeout + Duration::from_secs(1);
                 self.waiters.insert(id, reply, deadline);
             }
             Err(e) => {
@@ -286,7 +313,9 @@ impl Node {
         self.reads.next_ctx += 1;
         let ctx = self.reads.next_ctx.to_be_bytes().to_vec();
         let waiting = std::mem::take(&mut self.reads.queued);
-        self.reads.issued.insert(ctx.clone(), (Instant::now(), waiting));
+        self.reads
+            .issued
+            .insert(ctx.clone(), (Instant::now(), waiting));
         self.raw.read_index(ctx);
     }
 
@@ -319,8 +348,9 @@ impl Node {
     /// Answers the reads whose index the state machine has reached.
     fn release_reads(&mut self) {
         let applied = self.sm.applied();
-        let (done, waiting): (Vec<_>, Vec<_>) =
-            std::mem::take(&mut self.reads.ready).into_iter().partition(|(index, _)| *index <= applied);
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads.ready)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
         self.reads.ready = waiting;
         for reply in done.into_iter().flat_map(|(_, w)| w) {
             let _ = reply.send(Ok(()));
@@ -368,11 +398,24 @@ impl Node {
         Ok(())
     }
 
-    /// One flush of the whole database: entries, hard state and every state change before it.
+    /// One flush of the whole database: entries, hard state, and the state sled holds so far.
     fn flush(&mut self) -> Result<()> {
-        let applied = self.sm.applied();
+        let written = self.sm.kv().written();
         self.db.flush()?;
-        self.durable_applied = applied;
+        self.durable_applied = written;
+        Ok(())
+    }
+
+    /// Writes applied changes to sled when enough have waited long enough (etcd's backend batch:
+    /// see `mvcc/store.rs`). Not flushed here: the next Ready's flush covers it, and until then
+    /// the Raft log holds the entries.
+    fn maybe_write_back(&mut self, now: Instant) -> Result<()> {
+        let (pending, records) = self.sm.kv().unwritten();
+        let due = now.duration_since(self.last_write_back) >= BACKEND_BATCH_INTERVAL;
+        if pending && (due || records >= BACKEND_BATCH_LIMIT) {
+            self.sm.kv().write_back()?;
+            self.last_write_back = now;
+        }
         Ok(())
     }
 
@@ -392,7 +435,12 @@ impl Node {
     }
 
     fn on_leader_change(&mut self, leader: u64, role: StateRole) {
-        tracing::info!(leader = format!("{leader:x}"), ?role, term = self.raw.raft.term, "raft leader changed");
+        tracing::info!(
+            leader = format!("{leader:x}"),
+            ?role,
+            term = self.raw.raft.term,
+            "raft leader changed"
+        );
         if leader == raft::INVALID_ID {
             self.fail_reads(Error::NoLeader);
         }
@@ -412,13 +460,18 @@ impl Node {
         let s = &self.status;
         s.term.store(self.raw.raft.term, Ordering::Relaxed);
         s.leader.store(self.raw.raft.leader_id, Ordering::Relaxed);
-        s.commit.store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
+        s.commit
+            .store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
         s.applied.store(self.sm.applied(), Ordering::Relaxed);
-        s.last_index.store(self.raw.store().last_index(), Ordering::Relaxed);
+        s.last_index
+            .store(self.raw.store().last_index(), Ordering::Relaxed);
     }
 }
 
 /// Sends Raft messages to peers. A one-member group produces none (see the module doc).
 fn send(msgs: Vec<Message>) {
-    debug_assert!(msgs.is_empty(), "a one-member group has no peers to message");
+    debug_assert!(
+        msgs.is_empty(),
+        "a one-member group has no peers to message"
+    );
 }

@@ -110,7 +110,8 @@ impl Waiters {
 
     /// Drops callers whose deadline passed (they already answered their client with a timeout).
     pub fn expire(&mut self, now: Instant) {
-        self.waiting.retain(|_, w| w.deadline > now && !w.reply.is_closed());
+        self.waiting
+            .retain(|_, w| w.deadline > now && !w.reply.is_closed());
     }
 
     /// Fails every waiting caller (shutdown).

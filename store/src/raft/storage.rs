@@ -106,14 +106,19 @@ impl RaftStorage {
 
     /// Verifies that the stored log has no holes (a damaged data dir is refused, not served).
     fn check_contiguous(&self) -> Result<()> {
-        let mut expected = self.truncated.0 + 1;
-        for item in self.log.scan_prefix([ENTRY_PREFIX]) {
+        let expected = self.truncated.0 + 1..;
+        for (expected, item) in expected.zip(self.log.scan_prefix([ENTRY_PREFIX])) {
             let (key, _) = item?;
-            let index = u64::from_be_bytes(key[1..].try_into().map_err(|_| Error::Corrupt("bad entry key".into()))?);
+            let index = u64::from_be_bytes(
+                key[1..]
+                    .try_into()
+                    .map_err(|_| Error::Corrupt("bad entry key".into()))?,
+            );
             if index != expected {
-                return Err(Error::Corrupt(format!("raft log hole: expected entry {expected}, found {index}")));
+                return Err(Error::Corrupt(format!(
+                    "raft log hole: expected entry {expected}, found {index}"
+                )));
             }
-            expected += 1;
         }
         Ok(())
     }
@@ -132,7 +137,10 @@ impl RaftStorage {
     /// every applied entry was committed, so raising the commit index is only remembering that.
     pub fn raise_commit(&mut self, applied: u64) -> Result<()> {
         if self.hard_state.commit < applied {
-            assert!(applied <= self.last_index, "applied entry {applied} is missing from the log");
+            assert!(
+                applied <= self.last_index,
+                "applied entry {applied} is missing from the log"
+            );
             let mut hs = self.hard_state.clone();
             hs.commit = applied;
             self.log.insert(KEY_HARD_STATE, hs.write_to_bytes()?)?;
@@ -198,7 +206,10 @@ impl RaftStorage {
         if index <= self.truncated.0 {
             return Ok(());
         }
-        assert!(index <= self.last_index, "compacting past the end of the log");
+        assert!(
+            index <= self.last_index,
+            "compacting past the end of the log"
+        );
         let term = self.term_of(index)?;
         let mut batch = sled::Batch::default();
         for i in self.truncated.0 + 1..=index {
@@ -306,7 +317,9 @@ impl raft::Storage for RaftStorage {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable))
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }
 
@@ -316,17 +329,25 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = format!("entry {index}").into_bytes().into();
-        e
+        Entry {
+            index,
+            term,
+            data: format!("entry {index}").into_bytes().into(),
+            ..Default::default()
+        }
     }
 
     fn open(db: &sled::Db) -> RaftStorage {
-        let mut cs = ConfState::default();
-        cs.voters = vec![1];
-        RaftStorage::open(db.open_tree("raft").unwrap(), &db.open_tree("state").unwrap(), cs).unwrap()
+        let cs = ConfState {
+            voters: vec![1],
+            ..Default::default()
+        };
+        RaftStorage::open(
+            db.open_tree("raft").unwrap(),
+            &db.open_tree("state").unwrap(),
+            cs,
+        )
+        .unwrap()
     }
 
     fn ctx() -> GetEntriesContext {
@@ -347,14 +368,25 @@ mod tests {
     fn conflicting_entries_are_replaced() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let mut s = open(&db);
-        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None).unwrap();
+        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .unwrap();
         s.persist(&[entry(3, 2), entry(4, 2)], None).unwrap();
-        let terms: Vec<u64> = s.entries(1, 5, None, ctx()).unwrap().iter().map(|e| e.term).collect();
+        let terms: Vec<u64> = s
+            .entries(1, 5, None, ctx())
+            .unwrap()
+            .iter()
+            .map(|e| e.term)
+            .collect();
         assert_eq!(terms, vec![1, 1, 2, 2]);
         // The same answer from disk, after a restart (no cache).
         drop(s);
         let s = open(&db);
-        let terms: Vec<u64> = s.entries(1, 5, None, ctx()).unwrap().iter().map(|e| e.term).collect();
+        let terms: Vec<u64> = s
+            .entries(1, 5, None, ctx())
+            .unwrap()
+            .iter()
+            .map(|e| e.term)
+            .collect();
         assert_eq!(terms, vec![1, 1, 2, 2]);
         assert_eq!(s.last_index(), 4);
     }
@@ -363,7 +395,8 @@ mod tests {
     fn shorter_overwrite_truncates_the_tail() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let mut s = open(&db);
-        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None).unwrap();
+        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .unwrap();
         s.persist(&[entry(2, 3)], None).unwrap();
         assert_eq!(s.last_index(), 2);
         drop(s);
@@ -374,16 +407,22 @@ mod tests {
     fn hard_state_survives_restart() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let mut s = open(&db);
-        let mut hs = HardState::default();
-        hs.term = 5;
-        hs.vote = 1;
-        hs.commit = 0;
+        let hs = HardState {
+            term: 5,
+            vote: 1,
+            commit: 0,
+            ..Default::default()
+        };
         s.persist(&[entry(1, 5)], Some(&hs)).unwrap();
         s.set_commit(1);
         drop(s);
         let s = open(&db);
         assert_eq!(
-            (s.hard_state().term, s.hard_state().vote, s.hard_state().commit),
+            (
+                s.hard_state().term,
+                s.hard_state().vote,
+                s.hard_state().commit
+            ),
             (5, 1, 0),
             "a commit index alone is not written"
         );
@@ -392,19 +431,37 @@ mod tests {
         s.persist(&[entry(2, 5)], None).unwrap();
         drop(s);
         let s = open(&db);
-        assert_eq!(s.hard_state().commit, 1, "it is written with the next entries");
+        assert_eq!(
+            s.hard_state().commit,
+            1,
+            "it is written with the next entries"
+        );
     }
 
     #[test]
     fn compaction_keeps_the_term_of_the_truncation_point() {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let mut s = open(&db);
-        s.persist(&(1..=5).map(|i| entry(i, 1 + i / 3)).collect::<Vec<_>>(), None).unwrap();
+        s.persist(
+            &(1..=5).map(|i| entry(i, 1 + i / 3)).collect::<Vec<_>>(),
+            None,
+        )
+        .unwrap();
         s.compact(3).unwrap();
         assert_eq!(s.first_index(), 4);
-        assert_eq!(Storage::term(&s, 3).unwrap(), 2, "term of the last compacted entry is kept");
-        assert!(matches!(s.entries(3, 5, None, ctx()), Err(raft::Error::Store(StorageError::Compacted))));
-        assert!(matches!(Storage::term(&s, 2), Err(raft::Error::Store(StorageError::Compacted))));
+        assert_eq!(
+            Storage::term(&s, 3).unwrap(),
+            2,
+            "term of the last compacted entry is kept"
+        );
+        assert!(matches!(
+            s.entries(3, 5, None, ctx()),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            Storage::term(&s, 2),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
         drop(s);
         let s = open(&db);
         assert_eq!((s.first_index(), s.last_index()), (4, 5));

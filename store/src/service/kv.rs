@@ -107,7 +107,10 @@ fn mismatch(expected: &str, got: &Applied) -> Error {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, Status> {
         Ok(Response::new(self.range_inner(request.into_inner()).await?))
     }
 
@@ -119,7 +122,9 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        Ok(Response::new(self.delete_inner(request.into_inner()).await?))
+        Ok(Response::new(
+            self.delete_inner(request.into_inner()).await?,
+        ))
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -130,6 +135,8 @@ impl Kv for KvService {
         &self,
         request: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
-        Ok(Response::new(self.compact_inner(request.into_inner()).await?))
+        Ok(Response::new(
+            self.compact_inner(request.into_inner()).await?,
+        ))
     }
 }

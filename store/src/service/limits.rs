@@ -30,7 +30,9 @@ const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
 /// Rewrites tonic's oversized-request status into grpc-go's (see the module doc).
 pub fn grpc_go_limits<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
-    let is_out_of_range = headers.get("grpc-status").is_some_and(|v| v.as_bytes() == b"11");
+    let is_out_of_range = headers
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == b"11");
     if !is_out_of_range {
         return response;
     }
@@ -42,7 +44,10 @@ pub fn grpc_go_limits<B>(mut response: http::Response<B>) -> http::Response<B> {
     else {
         return response;
     };
-    let message = format!("grpc: received message larger than max ({} vs. {})", sizes.0, sizes.1);
+    let message = format!(
+        "grpc: received message larger than max ({} vs. {})",
+        sizes.0, sizes.1
+    );
     let encoded = utf8_percent_encode(&message, MESSAGE_ESCAPES).to_string();
     if let Ok(value) = http::HeaderValue::from_str(&encoded) {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
@@ -59,7 +64,8 @@ fn parse_sizes(rest: &str) -> Option<(usize, usize)> {
 }
 
 /// The layer type installed on the client listeners.
-pub type GrpcGoLimits<B> = tower::util::MapResponseLayer<fn(http::Response<B>) -> http::Response<B>>;
+pub type GrpcGoLimits<B> =
+    tower::util::MapResponseLayer<fn(http::Response<B>) -> http::Response<B>>;
 
 #[cfg(test)]
 mod tests {
@@ -87,7 +93,10 @@ mod tests {
     fn other_statuses_pass_untouched() {
         let response = http::Response::builder()
             .header("grpc-status", "11")
-            .header("grpc-message", "etcdserver: mvcc: required revision is a future revision")
+            .header(
+                "grpc-message",
+                "etcdserver: mvcc: required revision is a future revision",
+            )
             .body(())
             .unwrap();
         let response = grpc_go_limits(response);

@@ -38,21 +38,14 @@ impl MaintenanceService {
     fn db_size(&self) -> Result<i64> {
         Ok(self.core.db.size_on_disk()? as i64)
     }
-
-    fn state_hash(&self) -> Result<u32> {
-        let mut hasher = crc32fast::Hasher::new();
-        for item in self.core.db.open_tree("state")?.iter() {
-            let (k, v) = item?;
-            hasher.update(&k);
-            hasher.update(&v);
-        }
-        Ok(hasher.finalize())
-    }
 }
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+    async fn alarm(
+        &self,
+        request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
         let action = AlarmAction::try_from(request.get_ref().action).unwrap_or(AlarmAction::Get);
         if action == AlarmAction::Activate {
             return Err(Status::invalid_argument(
@@ -65,7 +58,10 @@ impl Maintenance for MaintenanceService {
         }))
     }
 
-    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let s = self.core.node.status();
         let db_size = self.db_size()?;
         Ok(Response::new(StatusResponse {
@@ -101,12 +97,16 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         Ok(Response::new(HashResponse {
             header: self.core.header(None),
-            hash: self.state_hash()?,
+            hash: self.core.kv.hash()?,
         }))
     }
 
-    async fn hash_kv(&self, request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
-        let (hash, compact_revision, hash_revision) = self.core.kv.hash_kv(request.get_ref().revision)?;
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let (hash, compact_revision, hash_revision) =
+            self.core.kv.hash_kv(request.get_ref().revision)?;
         Ok(Response::new(HashKvResponse {
             header: self.core.header(None),
             hash,
