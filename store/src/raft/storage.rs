@@ -1,29 +1,34 @@
 //! The Raft log, hard state and conf state, durable in sled: raft-rs's `Storage` contract.
 //!
-//! Layout of the `raft` tree (one tree, so one `apply_batch` is atomic for everything in it):
+//! Like etcd (whose raft log is a `MemoryStorage` backed by a WAL), every entry since the last
+//! compaction is held in memory and served from there; sled makes them durable. Entries reach
+//! sled in *chunks*: all the entries of one Ready are one record, so a Ready costs one insert
+//! whatever its size. Layout of the `raft` tree (one tree, so one `apply_batch` is atomic for
+//! everything in it):
 //!
 //! ```text
-//!   'e' + index (u64 BE)  ->  eraftpb.Entry        the log, in index order
-//!   "m/hardstate"         ->  eraftpb.HardState    term, vote, commit
-//!   "m/snapshot"          ->  index (u64 BE) + term (u64 BE): where the log was truncated
+//!   'c' + first index (u64 BE) -> chunk: (u32 BE length, eraftpb.Entry)*   consecutive entries
+//!   "m/hardstate"              -> eraftpb.HardState   term, vote, commit
+//!   "m/snapshot"               -> index (u64 BE) + term (u64 BE): where the log was truncated
 //! ```
 //!
-//! The conf state is part of the replicated state, so it lives in the `state` tree beside the
-//! applied index (key `m/confstate`) and changes atomically with it.
+//! The conf state is part of the replicated state, so it lives in the `state` tree (key
+//! `m/confstate`).
 //!
 //! Rules the node loop relies on:
-//! - [`RaftStorage::persist`] writes new entries and the hard state in **one** batch; entries that
-//!   conflict with (follow) the first new one are removed in the same batch. It does not flush: the
-//!   loop flushes once per Ready (group commit) before anything that depends on durability.
-//! - The newest entries are also kept in memory (`tail`), because raft-rs reads every entry back
-//!   right after persisting it, to apply it.
-//! - [`RaftStorage::compact`] drops entries up to an index that is applied *and flushed*.
+//! - [`RaftStorage::persist`] writes new entries and the hard state in **one** batch. New entries
+//!   that conflict with stored ones replace them: chunks after the conflict are removed and the
+//!   chunk it cuts through is rewritten shorter, in the same batch. It does not flush: the loop
+//!   flushes once per Ready (group commit) before anything that depends on durability.
+//! - [`RaftStorage::compact`] drops entries up to an index whose state is applied *and durable*
+//!   in sled; a chunk that straddles the truncation point stays, and its older entries are skipped
+//!   when the log is read back on start.
 //!
 //! Left out (replication, a later issue): [`Storage::snapshot`] answers
 //! `SnapshotTemporarilyUnavailable`. A lone voter never needs a snapshot: raft-rs asks for one only
 //! to catch up a follower whose entries were compacted away.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use protobuf::Message as _;
 use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
@@ -31,38 +36,59 @@ use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::error::{Error, Result};
 
-/// Prefix of entry keys in the raft tree.
-const ENTRY_PREFIX: u8 = b'e';
+/// Prefix of chunk keys in the raft tree.
+const CHUNK_PREFIX: u8 = b'c';
 /// Raft tree key of the hard state.
 const KEY_HARD_STATE: &[u8] = b"m/hardstate";
 /// Raft tree key of the truncation point.
 const KEY_SNAPSHOT: &[u8] = b"m/snapshot";
 /// State tree key of the conf state.
 pub const KEY_CONF_STATE: &[u8] = b"m/confstate";
-/// How many of the newest entries are cached in memory.
-const TAIL_CAPACITY: usize = 4096;
 
-fn entry_key(index: u64) -> [u8; 9] {
+fn chunk_key(first: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
-    key[0] = ENTRY_PREFIX;
-    key[1..].copy_from_slice(&index.to_be_bytes());
+    key[0] = CHUNK_PREFIX;
+    key[1..].copy_from_slice(&first.to_be_bytes());
     key
 }
 
-/// raft-rs storage over sled.
+fn encode_chunk(entries: &[Entry]) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for e in entries {
+        let bytes = e.write_to_bytes()?;
+        buf.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        buf.extend_from_slice(&bytes);
+    }
+    Ok(buf)
+}
+
+fn decode_chunk(mut bytes: &[u8]) -> Result<Vec<Entry>> {
+    let mut entries = Vec::new();
+    while !bytes.is_empty() {
+        let corrupt = || Error::Corrupt("truncated raft log chunk".into());
+        let (len, rest) = bytes.split_at_checked(4).ok_or_else(corrupt)?;
+        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+        let (entry, rest) = rest.split_at_checked(len).ok_or_else(corrupt)?;
+        entries.push(Entry::parse_from_bytes(entry)?);
+        bytes = rest;
+    }
+    Ok(entries)
+}
+
+/// raft-rs storage: entries in memory, made durable in sled.
 pub struct RaftStorage {
-    /// The `raft` tree: entries, hard state, truncation point.
+    /// The `raft` tree: chunks, hard state, truncation point.
     log: sled::Tree,
-    /// The persisted hard state, cached.
+    /// The persisted hard state (its commit index may be ahead of disk, see `set_commit`).
     hard_state: HardState,
     /// The conf state (persisted in the state tree), cached.
     conf_state: ConfState,
     /// Index and term of the last entry removed by compaction (0, 0 if none).
     truncated: (u64, u64),
-    /// Index of the last entry in the log (= `truncated.0` when the log is empty).
-    last_index: u64,
-    /// The newest entries, contiguous and ending at `last_index`.
-    tail: VecDeque<Entry>,
+    /// Every entry after `truncated`, contiguous.
+    entries: VecDeque<Entry>,
+    /// The chunks in sled: first index -> last index.
+    chunks: BTreeMap<u64, u64>,
 }
 
 impl RaftStorage {
@@ -88,36 +114,46 @@ impl RaftStorage {
             Some(_) => return Err(Error::Corrupt("bad log truncation record".into())),
             None => (0, 0),
         };
-        let last_index = match log.scan_prefix([ENTRY_PREFIX]).next_back() {
-            Some(item) => Entry::parse_from_bytes(&item?.1)?.index,
-            None => truncated.0,
-        };
-        let storage = RaftStorage {
+        let mut storage = RaftStorage {
             log,
             hard_state,
             conf_state,
             truncated,
-            last_index,
-            tail: VecDeque::new(),
+            entries: VecDeque::new(),
+            chunks: BTreeMap::new(),
         };
-        storage.check_contiguous()?;
+        storage.load()?;
         Ok(storage)
     }
 
-    /// Verifies that the stored log has no holes (a damaged data dir is refused, not served).
-    fn check_contiguous(&self) -> Result<()> {
-        let expected = self.truncated.0 + 1..;
-        for (expected, item) in expected.zip(self.log.scan_prefix([ENTRY_PREFIX])) {
-            let (key, _) = item?;
-            let index = u64::from_be_bytes(
-                key[1..]
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("bad entry key".into()))?,
-            );
-            if index != expected {
+    /// Reads every chunk back, checking that the log has no holes (a damaged data dir is refused,
+    /// not served).
+    fn load(&mut self) -> Result<()> {
+        for item in self.log.scan_prefix([CHUNK_PREFIX]) {
+            let (key, bytes) = item?;
+            let chunk = decode_chunk(&bytes)?;
+            let (Some(first), Some(last)) = (chunk.first(), chunk.last()) else {
+                return Err(Error::Corrupt("empty raft log chunk".into()));
+            };
+            if key[1..] != first.index.to_be_bytes() {
                 return Err(Error::Corrupt(format!(
-                    "raft log hole: expected entry {expected}, found {index}"
+                    "chunk key does not match entry {}",
+                    first.index
                 )));
+            }
+            self.chunks.insert(first.index, last.index);
+            for entry in chunk {
+                if entry.index <= self.truncated.0 {
+                    continue;
+                }
+                let expected = self.last_index() + 1;
+                if entry.index != expected {
+                    return Err(Error::Corrupt(format!(
+                        "raft log hole: expected entry {expected}, found {}",
+                        entry.index
+                    )));
+                }
+                self.entries.push_back(entry);
             }
         }
         Ok(())
@@ -132,39 +168,35 @@ impl RaftStorage {
         &self.hard_state
     }
 
-    /// Repairs a commit index that is behind what was applied. sled writes reach disk in order but
-    /// the commit index is persisted lazily, so after a crash the applied index may be ahead of it;
-    /// every applied entry was committed, so raising the commit index is only remembering that.
+    /// Repairs a commit index that is behind what was applied. The commit index is persisted
+    /// lazily (see [`RaftStorage::set_commit`]), so after a crash the applied index may be ahead
+    /// of it; every applied entry was committed, so raising the commit index is only remembering
+    /// that.
     pub fn raise_commit(&mut self, applied: u64) -> Result<()> {
         if self.hard_state.commit < applied {
             assert!(
-                applied <= self.last_index,
+                applied <= self.last_index(),
                 "applied entry {applied} is missing from the log"
             );
-            let mut hs = self.hard_state.clone();
-            hs.commit = applied;
-            self.log.insert(KEY_HARD_STATE, hs.write_to_bytes()?)?;
-            self.hard_state = hs;
+            self.hard_state.commit = applied;
+            self.log
+                .insert(KEY_HARD_STATE, self.hard_state.write_to_bytes()?)?;
         }
         Ok(())
     }
 
-    /// Appends `entries` (removing any conflicting suffix) and sets the hard state, in one batch.
+    /// Appends `entries` (replacing any conflicting suffix) and sets the hard state, in one batch.
     pub fn persist(&mut self, entries: &[Entry], hs: Option<&HardState>) -> Result<()> {
         let mut batch = sled::Batch::default();
         if let Some(first) = entries.first() {
             assert!(
-                first.index > self.truncated.0 && first.index <= self.last_index + 1,
+                first.index > self.truncated.0 && first.index <= self.last_index() + 1,
                 "entries starting at {} do not attach to a log ending at {}",
                 first.index,
-                self.last_index
+                self.last_index()
             );
-            for stale in first.index..=self.last_index {
-                batch.remove(&entry_key(stale));
-            }
-            for e in entries {
-                batch.insert(&entry_key(e.index), e.write_to_bytes()?);
-            }
+            self.truncate_from(first.index, &mut batch)?;
+            batch.insert(&chunk_key(first.index), encode_chunk(entries)?);
         }
         if let Some(hs) = hs {
             let mut hs = hs.clone();
@@ -174,23 +206,49 @@ impl RaftStorage {
         batch.insert(KEY_HARD_STATE, self.hard_state.write_to_bytes()?);
         self.log.apply_batch(batch)?;
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
-            self.cache(first.index, entries);
-            self.last_index = last.index;
+            self.chunks.insert(first.index, last.index);
+            self.entries.extend(entries.iter().cloned());
         }
         Ok(())
     }
 
-    fn cache(&mut self, first: u64, entries: &[Entry]) {
-        while self.tail.back().is_some_and(|e| e.index >= first) {
-            self.tail.pop_back();
+    /// Removes entries from `index` on, in memory and (through `batch`) in sled: chunks that start
+    /// at or after it go, the chunk that straddles it is rewritten without them.
+    fn truncate_from(&mut self, index: u64, batch: &mut sled::Batch) -> Result<()> {
+        if index > self.last_index() {
+            return Ok(());
         }
-        if self.tail.back().is_some_and(|e| e.index + 1 != first) {
-            self.tail.clear();
+        let keep = (index - self.first_index()) as usize;
+        self.entries.truncate(keep);
+        let after: Vec<u64> = self
+            .chunks
+            .range(index..)
+            .map(|(first, _)| *first)
+            .collect();
+        for first in after {
+            self.chunks.remove(&first);
+            batch.remove(&chunk_key(first));
         }
-        self.tail.extend(entries.iter().cloned());
-        while self.tail.len() > TAIL_CAPACITY {
-            self.tail.pop_front();
+        if let Some((&first, last)) = self.chunks.range_mut(..index).next_back()
+            && *last >= index
+        {
+            // Entries of this chunk below the truncation point of the log are no longer in
+            // memory; a rewritten chunk starts at the first one that is.
+            *last = index - 1;
+            let from = first.max(self.first_index());
+            let kept: Vec<Entry> = self
+                .entries
+                .range((from - self.first_index()) as usize..)
+                .cloned()
+                .collect();
+            batch.remove(&chunk_key(first));
+            self.chunks.remove(&first);
+            if !kept.is_empty() {
+                batch.insert(&chunk_key(from), encode_chunk(&kept)?);
+                self.chunks.insert(from, index - 1);
+            }
         }
+        Ok(())
     }
 
     /// Records the commit index raft-rs reported in a light ready. It is kept in memory and written
@@ -201,28 +259,34 @@ impl RaftStorage {
         self.hard_state.commit = commit;
     }
 
-    /// Removes entries up to and including `index`, which must be applied and durable.
+    /// Removes entries up to and including `index`, whose state must be applied and durable.
     pub fn compact(&mut self, index: u64) -> Result<()> {
         if index <= self.truncated.0 {
             return Ok(());
         }
         assert!(
-            index <= self.last_index,
+            index <= self.last_index(),
             "compacting past the end of the log"
         );
         let term = self.term_of(index)?;
         let mut batch = sled::Batch::default();
-        for i in self.truncated.0 + 1..=index {
-            batch.remove(&entry_key(i));
+        let whole: Vec<u64> = self
+            .chunks
+            .iter()
+            .filter(|(_, last)| **last <= index)
+            .map(|(first, _)| *first)
+            .collect();
+        for first in whole {
+            self.chunks.remove(&first);
+            batch.remove(&chunk_key(first));
         }
         let mut record = index.to_be_bytes().to_vec();
         record.extend_from_slice(&term.to_be_bytes());
         batch.insert(KEY_SNAPSHOT, record);
         self.log.apply_batch(batch)?;
+        let dropped = (index - self.truncated.0) as usize;
+        self.entries.drain(..dropped);
         self.truncated = (index, term);
-        while self.tail.front().is_some_and(|e| e.index <= index) {
-            self.tail.pop_front();
-        }
         Ok(())
     }
 
@@ -231,7 +295,7 @@ impl RaftStorage {
     }
 
     pub fn last_index(&self) -> u64 {
-        self.last_index
+        self.truncated.0 + self.entries.len() as u64
     }
 
     fn term_of(&self, index: u64) -> Result<u64> {
@@ -241,18 +305,11 @@ impl RaftStorage {
         Ok(self.entry(index)?.term)
     }
 
-    fn entry(&self, index: u64) -> Result<Entry> {
-        if let Some(front) = self.tail.front()
-            && index >= front.index
-            && let Some(e) = self.tail.get((index - front.index) as usize)
-        {
-            return Ok(e.clone());
-        }
-        let bytes = self
-            .log
-            .get(entry_key(index))?
-            .ok_or_else(|| Error::Corrupt(format!("raft entry {index} missing")))?;
-        Ok(Entry::parse_from_bytes(&bytes)?)
+    fn entry(&self, index: u64) -> Result<&Entry> {
+        index
+            .checked_sub(self.first_index())
+            .and_then(|offset| self.entries.get(offset as usize))
+            .ok_or_else(|| Error::Corrupt(format!("raft entry {index} is not in the log")))
     }
 }
 
@@ -278,7 +335,7 @@ impl raft::Storage for RaftStorage {
         if low <= self.truncated.0 {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if high > self.last_index + 1 {
+        if high > self.last_index() + 1 {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         let max_size = max_size.into();
@@ -286,11 +343,11 @@ impl raft::Storage for RaftStorage {
         let mut size = 0u64;
         for index in low..high {
             let e = self.entry(index).map_err(store_err)?;
-            size += u64::from(protobuf::Message::compute_size(&e));
+            size += u64::from(protobuf::Message::compute_size(e));
             if !out.is_empty() && max_size.is_some_and(|max| size > max) {
                 break;
             }
-            out.push(e);
+            out.push(e.clone());
         }
         Ok(out)
     }
@@ -302,7 +359,7 @@ impl raft::Storage for RaftStorage {
         if idx < self.truncated.0 {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        if idx > self.last_index {
+        if idx > self.last_index() {
             return Err(raft::Error::Store(StorageError::Unavailable));
         }
         self.term_of(idx).map_err(store_err)
@@ -313,7 +370,7 @@ impl raft::Storage for RaftStorage {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        Ok(self.last_index)
+        Ok(self.last_index())
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
@@ -466,6 +523,40 @@ mod tests {
         let s = open(&db);
         assert_eq!((s.first_index(), s.last_index()), (4, 5));
         assert_eq!(s.entries(4, 6, None, ctx()).unwrap().len(), 2);
+    }
+
+    /// Worked example of chunks: two Readies write chunks [1..=3] and [4..=6]; a new leader then
+    /// overwrites from 3. The first chunk is rewritten as [1..=2], the second is removed, and a
+    /// chunk [3..=4] is added; after compacting to 3, only that last chunk remains whole.
+    #[test]
+    fn a_conflict_inside_a_chunk_rewrites_it() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut s = open(&db);
+        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
+            .unwrap();
+        s.persist(&[entry(4, 1), entry(5, 1), entry(6, 1)], None)
+            .unwrap();
+        s.persist(&[entry(3, 2), entry(4, 2)], None).unwrap();
+        assert_eq!(s.chunks, BTreeMap::from([(1, 2), (3, 4)]));
+        drop(s);
+        let mut s = open(&db);
+        let terms: Vec<u64> = s
+            .entries(1, 5, None, ctx())
+            .unwrap()
+            .iter()
+            .map(|e| e.term)
+            .collect();
+        assert_eq!(terms, vec![1, 1, 2, 2]);
+        s.compact(3).unwrap();
+        assert_eq!(
+            s.chunks,
+            BTreeMap::from([(3, 4)]),
+            "the straddling chunk stays"
+        );
+        drop(s);
+        let s = open(&db);
+        assert_eq!((s.first_index(), s.last_index()), (4, 4));
+        assert_eq!(s.entries(4, 5, None, ctx()).unwrap()[0].term, 2);
     }
 
     #[test]
