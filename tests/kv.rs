@@ -459,3 +459,48 @@ async fn maintenance_reports_status_and_hashes() {
         .is_empty()
     );
 }
+
+#[tokio::test]
+async fn the_raft_log_is_compacted_and_a_restart_still_serves_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        snapshot_count: 20,
+        ..ServerConfig::for_test(dir.path())
+    };
+    let server = Server::start(config.clone()).await.unwrap();
+    let mut c = Client::connect([server.client_addr().to_string()], None)
+        .await
+        .unwrap();
+    for i in 0..300 {
+        c.put(format!("k{i:03}"), format!("{i}"), None)
+            .await
+            .unwrap();
+        if i % 50 == 0 {
+            // Let the loop write the state back and flush, so the log can be compacted under it.
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let before = c
+        .get("k", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    server.shutdown().await.unwrap();
+
+    let server = Server::start(config).await.unwrap();
+    let mut c = Client::connect([server.client_addr().to_string()], None)
+        .await
+        .unwrap();
+    let after = c
+        .get("k", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(after.count(), 300);
+    assert_eq!(
+        after.header().unwrap().revision(),
+        before.header().unwrap().revision()
+    );
+    assert_eq!(after.kvs().last().unwrap().value(), b"299");
+    let next = c.put("after-restart", "ok", None).await.unwrap();
+    assert_eq!(next.header().unwrap().revision(), 302);
+    server.shutdown().await.unwrap();
+}

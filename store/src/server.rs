@@ -127,6 +127,11 @@ impl Server {
         format!("http://{}", self.client_addr())
     }
 
+    /// Live numbers about the Raft node (term, leader, commit, applied, log bounds).
+    pub fn node_status(&self) -> &crate::raft::node::NodeStatus {
+        self.node.status()
+    }
+
     /// Waits until the node loop stops by itself (a fatal storage error); returns its error.
     pub async fn stopped(&mut self) -> Result<()> {
         let thread = self.node_thread.take().expect("stopped() is called once");

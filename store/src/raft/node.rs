@@ -69,6 +69,8 @@ pub struct NodeStatus {
     pub leader: AtomicU64,
     pub commit: AtomicU64,
     pub applied: AtomicU64,
+    /// The first entry still in the Raft log (entries before it were compacted away).
+    pub first_index: AtomicU64,
     pub last_index: AtomicU64,
 }
 
