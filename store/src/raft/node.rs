@@ -150,6 +150,14 @@ struct Reads {
     next_ctx: u64,
 }
 
+/// Time spent in the phases of one turn.
+#[derive(Debug, Default)]
+struct TurnTimings {
+    persist: Duration,
+    flush: Duration,
+    apply: Duration,
+}
+
 /// The node loop's state (see the module doc).
 pub struct Node {
     raw: RawNode<RaftStorage>,
@@ -165,6 +173,8 @@ pub struct Node {
     durable_applied: u64,
     /// When applied changes were last written to sled.
     last_write_back: Instant,
+    /// Where the current turn's time went (reported with slow turns).
+    timings: TurnTimings,
 }
 
 impl Node {
@@ -216,6 +226,7 @@ impl Node {
             db,
             durable_applied: applied,
             last_write_back: Instant::now(),
+            timings: TurnTimings::default(),
         };
         node.publish_status();
         Ok((node, handle))
@@ -249,6 +260,7 @@ impl Node {
             }
             self.issue_reads();
             let turn = Instant::now();
+            self.timings = TurnTimings::default();
             if let Err(e) = self.on_ready() {
                 break Err(e);
             }
@@ -258,7 +270,15 @@ impl Node {
             }
             let took = turn.elapsed();
             if took > SLOW_TURN {
-                tracing::warn!(?took, ?ready_took, write_back = ?(took - ready_took), "raft loop turn took too long");
+                tracing::warn!(
+                    ?took,
+                    ?ready_took,
+                    persist = ?self.timings.persist,
+                    flush = ?self.timings.flush,
+                    apply = ?self.timings.apply,
+                    write_back = ?(took - ready_took),
+                    "raft loop turn took too long"
+                );
             }
             if stop {
                 break Ok(());
@@ -376,7 +396,9 @@ impl Node {
         self.apply(ready.take_committed_entries())?;
         let hs = ready.hs().cloned();
         if !ready.entries().is_empty() || hs.is_some() {
+            let started = Instant::now();
             self.raw.mut_store().persist(ready.entries(), hs.as_ref())?;
+            self.timings.persist += started.elapsed();
         }
         if ready.must_sync() || !ready.entries().is_empty() {
             self.flush()?;
@@ -403,7 +425,9 @@ impl Node {
     /// One flush of the whole database: entries, hard state, and the state sled holds so far.
     fn flush(&mut self) -> Result<()> {
         let written = self.sm.kv().written();
+        let started = Instant::now();
         self.db.flush()?;
+        self.timings.flush += started.elapsed();
         self.durable_applied = written;
         Ok(())
     }
@@ -426,7 +450,9 @@ impl Node {
         if entries.is_empty() {
             return Ok(());
         }
+        let started = Instant::now();
         let answers = self.sm.apply(&entries)?;
+        self.timings.apply += started.elapsed();
         self.publish_status();
         for out in answers {
             if out.origin == self.config.id {

@@ -21,8 +21,10 @@
 //!   chunk it cuts through is rewritten shorter, in the same batch. It does not flush: the loop
 //!   flushes once per Ready (group commit) before anything that depends on durability.
 //! - [`RaftStorage::compact`] drops entries up to an index whose state is applied *and durable*
-//!   in sled; a chunk that straddles the truncation point stays, and its older entries are skipped
-//!   when the log is read back on start.
+//!   in sled. Memory is trimmed at once; on disk, the truncation record and then the chunks wholly
+//!   below it are removed a few at a time by the following persists, so compacting a hundred
+//!   thousand entries never stalls one turn of the loop. Chunks (or parts of a chunk) at or below
+//!   the truncation point are skipped when the log is read back on start.
 //!
 //! Left out (replication, a later issue): [`Storage::snapshot`] answers
 //! `SnapshotTemporarilyUnavailable`. A lone voter never needs a snapshot: raft-rs asks for one only
@@ -44,6 +46,8 @@ const KEY_HARD_STATE: &[u8] = b"m/hardstate";
 const KEY_SNAPSHOT: &[u8] = b"m/snapshot";
 /// State tree key of the conf state.
 pub const KEY_CONF_STATE: &[u8] = b"m/confstate";
+/// Most compacted chunks one persist removes from sled.
+const REMOVALS_PER_PERSIST: usize = 32;
 
 fn chunk_key(first: u64) -> [u8; 9] {
     let mut key = [0u8; 9];
@@ -87,8 +91,12 @@ pub struct RaftStorage {
     truncated: (u64, u64),
     /// Every entry after `truncated`, contiguous.
     entries: VecDeque<Entry>,
-    /// The chunks in sled: first index -> last index.
+    /// The chunks in sled holding entries after `truncated`: first index -> last index.
     chunks: BTreeMap<u64, u64>,
+    /// Chunks wholly at or below `truncated`, still in sled, to remove (first indexes).
+    compacted_chunks: Vec<u64>,
+    /// Whether the truncation record in sled is behind `truncated`.
+    truncation_unwritten: bool,
 }
 
 impl RaftStorage {
@@ -121,6 +129,8 @@ impl RaftStorage {
             truncated,
             entries: VecDeque::new(),
             chunks: BTreeMap::new(),
+            compacted_chunks: Vec::new(),
+            truncation_unwritten: false,
         };
         storage.load()?;
         Ok(storage)
@@ -140,6 +150,10 @@ impl RaftStorage {
                     "chunk key does not match entry {}",
                     first.index
                 )));
+            }
+            if last.index <= self.truncated.0 {
+                self.compacted_chunks.push(first.index);
+                continue;
             }
             self.chunks.insert(first.index, last.index);
             for entry in chunk {
@@ -204,6 +218,7 @@ impl RaftStorage {
             self.hard_state = hs;
         }
         batch.insert(KEY_HARD_STATE, self.hard_state.write_to_bytes()?);
+        self.clean_up(&mut batch);
         self.log.apply_batch(batch)?;
         if let (Some(first), Some(last)) = (entries.first(), entries.last()) {
             self.chunks.insert(first.index, last.index);
@@ -259,7 +274,8 @@ impl RaftStorage {
         self.hard_state.commit = commit;
     }
 
-    /// Removes entries up to and including `index`, whose state must be applied and durable.
+    /// Removes entries up to and including `index`, whose state must be applied and durable. Memory
+    /// is trimmed now; sled catches up through [`RaftStorage::clean_up`] (see the module doc).
     pub fn compact(&mut self, index: u64) -> Result<()> {
         if index <= self.truncated.0 {
             return Ok(());
@@ -269,25 +285,40 @@ impl RaftStorage {
             "compacting past the end of the log"
         );
         let term = self.term_of(index)?;
-        let mut batch = sled::Batch::default();
         let whole: Vec<u64> = self
             .chunks
             .iter()
-            .filter(|(_, last)| **last <= index)
+            .take_while(|(_, last)| **last <= index)
             .map(|(first, _)| *first)
             .collect();
         for first in whole {
             self.chunks.remove(&first);
-            batch.remove(&chunk_key(first));
+            self.compacted_chunks.push(first);
         }
-        let mut record = index.to_be_bytes().to_vec();
-        record.extend_from_slice(&term.to_be_bytes());
-        batch.insert(KEY_SNAPSHOT, record);
-        self.log.apply_batch(batch)?;
         let dropped = (index - self.truncated.0) as usize;
         self.entries.drain(..dropped);
         self.truncated = (index, term);
+        self.truncation_unwritten = true;
         Ok(())
+    }
+
+    /// Adds compaction's pending disk work to `batch`: the truncation record first, then (in this
+    /// or later batches, so never before the record) a bounded number of compacted chunks.
+    fn clean_up(&mut self, batch: &mut sled::Batch) {
+        if self.truncation_unwritten {
+            let mut record = self.truncated.0.to_be_bytes().to_vec();
+            record.extend_from_slice(&self.truncated.1.to_be_bytes());
+            batch.insert(KEY_SNAPSHOT, record);
+            self.truncation_unwritten = false;
+            return;
+        }
+        let from = self
+            .compacted_chunks
+            .len()
+            .saturating_sub(REMOVALS_PER_PERSIST);
+        for first in self.compacted_chunks.drain(from..) {
+            batch.remove(&chunk_key(first));
+        }
     }
 
     pub fn first_index(&self) -> u64 {
@@ -520,6 +551,15 @@ mod tests {
             Err(raft::Error::Store(StorageError::Compacted))
         ));
         drop(s);
+        let mut s = open(&db);
+        assert_eq!(
+            (s.first_index(), s.last_index()),
+            (1, 5),
+            "a compaction not yet written is undone by a restart, which is harmless"
+        );
+        s.compact(3).unwrap();
+        s.persist(&[], None).unwrap();
+        drop(s);
         let s = open(&db);
         assert_eq!((s.first_index(), s.last_index()), (4, 5));
         assert_eq!(s.entries(4, 6, None, ctx()).unwrap().len(), 2);
@@ -553,6 +593,9 @@ mod tests {
             BTreeMap::from([(3, 4)]),
             "the straddling chunk stays"
         );
+        s.persist(&[], None).unwrap(); // writes the truncation record
+        s.persist(&[], None).unwrap(); // removes the compacted chunk
+        assert!(s.compacted_chunks.is_empty());
         drop(s);
         let s = open(&db);
         assert_eq!((s.first_index(), s.last_index()), (4, 4));
