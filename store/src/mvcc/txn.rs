@@ -421,38 +421,12 @@ pub fn check_put_state(view: &impl View, p: &PutRequest, leases: &dyn Leases) ->
 }
 
 /// A transaction that only reads, served from a read view.
-pub fn txn_read(view: &ReadTxn<'_>, r: &TxnRequest) -> Result<TxnResponse> {
-    let p = path(view, r);
-    check_ops(view, r, &p, &NoWrites)?;
-    let mut resp = read_ops(view, r, &p)?;
+pub fn txn_read(view: &mut ReadTxn<'_>, r: &TxnRequest) -> Result<TxnResponse> {
+    let p = path(&*view, r);
+    check_ops(&*view, r, &p, &NoWrites)?;
+    let mut resp = run_ops(view, r, &p)?;
     resp.header = header(view.rev());
     Ok(resp)
-}
-
-fn read_ops(view: &ReadTxn<'_>, r: &TxnRequest, p: &Path) -> Result<TxnResponse> {
-    let ops = if p.succeeded { &r.success } else { &r.failure };
-    let mut nested = p.nested.iter();
-    let mut responses = Vec::with_capacity(ops.len());
-    for op in ops {
-        let response = match &op.request {
-            Some(Request::RequestRange(rr)) => Response::ResponseRange(range(view, rr)?),
-            Some(Request::RequestTxn(t)) => {
-                let np = nested.next().expect("one path per nested transaction");
-                let mut inner = read_ops(view, t, np)?;
-                inner.header = Some(ResponseHeader::default());
-                Response::ResponseTxn(inner)
-            }
-            _ => unreachable!("txn_read runs only read-only transactions (is_read_only)"),
-        };
-        responses.push(ResponseOp {
-            response: Some(response),
-        });
-    }
-    Ok(TxnResponse {
-        header: None,
-        succeeded: p.succeeded,
-        responses,
-    })
 }
 
 /// A transaction that may write, applied inside the entry's write transaction.
@@ -463,28 +437,54 @@ pub fn txn_write(
 ) -> Result<TxnResponse> {
     let p = path(&*txn, r);
     check_ops(&*txn, r, &p, leases)?;
-    let mut resp = write_ops(txn, r, &p)?;
+    let mut resp = run_ops(txn, r, &p)?;
     resp.header = header(txn.rev());
     Ok(resp)
 }
 
-fn write_ops(txn: &mut WriteTxn<'_, '_>, r: &TxnRequest, p: &Path) -> Result<TxnResponse> {
+/// What runs a transaction's operations: reads on any view, writes only in a write transaction.
+trait Ops: View {
+    /// Runs a put or a delete-range.
+    fn write(&mut self, request: &Request) -> Result<Response>;
+}
+
+impl Ops for ReadTxn<'_> {
+    fn write(&mut self, _request: &Request) -> Result<Response> {
+        Err(Error::Raft(
+            "a read-only transaction reached a write (is_read_only disagrees with run_ops)".into(),
+        ))
+    }
+}
+
+impl Ops for WriteTxn<'_, '_> {
+    fn write(&mut self, request: &Request) -> Result<Response> {
+        match request {
+            Request::RequestPut(p) => put(self, p).map(Response::ResponsePut),
+            Request::RequestDeleteRange(d) => {
+                delete_range(self, d).map(Response::ResponseDeleteRange)
+            }
+            Request::RequestRange(_) | Request::RequestTxn(_) => {
+                unreachable!("run_ops runs ranges and nested transactions itself")
+            }
+        }
+    }
+}
+
+/// Runs the ops of the branch `p` chose, nested transactions included.
+fn run_ops(view: &mut impl Ops, r: &TxnRequest, p: &Path) -> Result<TxnResponse> {
     let ops = if p.succeeded { &r.success } else { &r.failure };
     let mut nested = p.nested.iter();
     let mut responses = Vec::with_capacity(ops.len());
     for op in ops {
         let response = match &op.request {
-            Some(Request::RequestRange(rr)) => Response::ResponseRange(range(&*txn, rr)?),
-            Some(Request::RequestPut(pr)) => Response::ResponsePut(put(txn, pr)?),
-            Some(Request::RequestDeleteRange(dr)) => {
-                Response::ResponseDeleteRange(delete_range(txn, dr)?)
-            }
+            Some(Request::RequestRange(rr)) => Response::ResponseRange(range(&*view, rr)?),
             Some(Request::RequestTxn(t)) => {
                 let np = nested.next().expect("one path per nested transaction");
-                let mut inner = write_ops(txn, t, np)?;
+                let mut inner = run_ops(view, t, np)?;
                 inner.header = Some(ResponseHeader::default());
                 Response::ResponseTxn(inner)
             }
+            Some(write) => view.write(write)?,
             None => return Err(Error::KeyNotFound),
         };
         responses.push(ResponseOp {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use concord_proto::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
+    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
+    kv_server::Kv,
 };
-use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::Core;
@@ -28,12 +28,26 @@ impl KvService {
         KvService { core }
     }
 
-    /// Proposes a command after the size check (etcd measures the request it would replicate).
-    async fn propose(&self, command: Command, size: usize) -> Result<Applied> {
-        if size > self.core.max_request_bytes {
+    /// Proposes a command after the size check (like etcd, the size of what would be replicated)
+    /// and takes its response apart with `pick`.
+    async fn write<T>(
+        &self,
+        command: Command,
+        pick: fn(Applied) -> Result<T, Applied>,
+    ) -> Result<T> {
+        if command.encoded_len() > self.core.max_request_bytes {
             return Err(Error::RequestTooLarge);
         }
-        self.core.node.propose(command).await
+        let applied = self.core.node.propose(command).await?;
+        pick(applied)
+            .map_err(|other| Error::Raft(format!("a proposal was answered with {other:?}")))
+    }
+
+    /// Completes the header of a response (ids, term; the revision the core set).
+    fn finish<T: Header>(&self, mut resp: T) -> T {
+        let header = resp.header_mut();
+        *header = self.core.header(header.take());
+        resp
     }
 
     async fn range_inner(&self, r: RangeRequest) -> Result<RangeResponse> {
@@ -41,69 +55,81 @@ impl KvService {
         if !r.serializable {
             self.core.node.read_index().await?;
         }
-        let mut resp = txn::range(&self.core.kv.read(), &r)?;
-        resp.header = self.core.header(resp.header);
-        Ok(resp)
+        Ok(self.finish(txn::range(&self.core.kv.read(), &r)?))
     }
 
     async fn put_inner(&self, r: PutRequest) -> Result<PutResponse> {
         txn::check_put(&r)?;
-        let size = r.encoded_len();
-        match self.propose(Command::Put(r), size).await? {
-            Applied::Put(mut resp) => {
-                resp.header = self.core.header(resp.header);
-                Ok(resp)
-            }
-            other => Err(mismatch("put", &other)),
-        }
+        let resp = self
+            .write(Command::Put(r), |a| match a {
+                Applied::Put(resp) => Ok(resp),
+                other => Err(other),
+            })
+            .await?;
+        Ok(self.finish(resp))
     }
 
     async fn delete_inner(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         txn::check_delete(&r)?;
-        let size = r.encoded_len();
-        match self.propose(Command::DeleteRange(r), size).await? {
-            Applied::DeleteRange(mut resp) => {
-                resp.header = self.core.header(resp.header);
-                Ok(resp)
-            }
-            other => Err(mismatch("delete", &other)),
-        }
+        let resp = self
+            .write(Command::DeleteRange(r), |a| match a {
+                Applied::DeleteRange(resp) => Ok(resp),
+                other => Err(other),
+            })
+            .await?;
+        Ok(self.finish(resp))
     }
 
     async fn txn_inner(&self, r: TxnRequest) -> Result<TxnResponse> {
         txn::check_txn(&r, self.core.max_txn_ops)?;
-        let mut resp = if txn::is_read_only(&r) {
+        let resp = if txn::is_read_only(&r) {
             if !txn::is_serializable(&r) {
                 self.core.node.read_index().await?;
             }
-            txn::txn_read(&self.core.kv.read(), &r)?
+            txn::txn_read(&mut self.core.kv.read(), &r)?
         } else {
-            let size = r.encoded_len();
-            match self.propose(Command::Txn(r), size).await? {
-                Applied::Txn(resp) => resp,
-                other => return Err(mismatch("txn", &other)),
-            }
+            self.write(Command::Txn(r), |a| match a {
+                Applied::Txn(resp) => Ok(resp),
+                other => Err(other),
+            })
+            .await?
         };
-        resp.header = self.core.header(resp.header);
-        Ok(resp)
+        Ok(self.finish(resp))
     }
 
     async fn compact_inner(&self, r: CompactionRequest) -> Result<CompactionResponse> {
-        let size = r.encoded_len();
-        match self.propose(Command::Compact(r), size).await? {
-            Applied::Compact(mut resp) => {
-                resp.header = self.core.header(resp.header);
-                Ok(resp)
-            }
-            other => Err(mismatch("compact", &other)),
-        }
+        let resp = self
+            .write(Command::Compact(r), |a| match a {
+                Applied::Compact(resp) => Ok(resp),
+                other => Err(other),
+            })
+            .await?;
+        Ok(self.finish(resp))
     }
 }
 
-/// The loop answered a proposal with another kind of response: ids were mixed up, a bug.
-fn mismatch(expected: &str, got: &Applied) -> Error {
-    Error::Raft(format!("a {expected} proposal was answered with {got:?}"))
+/// A response whose header the adapter completes.
+trait Header {
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
 }
+
+macro_rules! impl_header {
+    ($($response:ty),*) => {
+        $(impl Header for $response {
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        })*
+    };
+}
+
+impl_header!(
+    RangeResponse,
+    PutResponse,
+    DeleteRangeResponse,
+    TxnResponse,
+    CompactionResponse
+);
 
 #[tonic::async_trait]
 impl Kv for KvService {
