@@ -286,8 +286,12 @@ impl Node {
         };
         self.waiters.fail_all(Error::Stopped);
         self.fail_reads(Error::Stopped);
-        self.sm.kv().write_back()?;
-        self.db.flush()?;
+        if result.is_ok() {
+            // After a failure nothing more is written: a batch may have been applied in part, and
+            // the Raft log (durable) is what a restart rebuilds from.
+            self.sm.kv().write_back()?;
+            self.db.flush()?;
+        }
         result
     }
 
