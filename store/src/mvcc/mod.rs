@@ -20,6 +20,9 @@ pub mod revision;
 pub mod store;
 pub mod txn;
 
+#[cfg(test)]
+mod model_tests;
+
 pub use key_index::KeyRange;
 pub use revision::{Rev, Revision};
 pub use store::{KvStore, RangeOptions, RangeResult, View};
