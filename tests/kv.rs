@@ -484,6 +484,14 @@ async fn the_raft_log_is_compacted_and_a_restart_still_serves_everything() {
         .get("k", Some(GetOptions::new().with_prefix()))
         .await
         .unwrap();
+    let first = server
+        .node_status()
+        .first_index
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        first > 200,
+        "the log was compacted (it starts at entry {first})"
+    );
     server.shutdown().await.unwrap();
 
     let server = Server::start(config).await.unwrap();

@@ -495,6 +495,8 @@ impl Node {
         s.commit
             .store(self.raw.raft.raft_log.committed, Ordering::Relaxed);
         s.applied.store(self.sm.applied(), Ordering::Relaxed);
+        s.first_index
+            .store(self.raw.store().first_index(), Ordering::Relaxed);
         s.last_index
             .store(self.raw.store().last_index(), Ordering::Relaxed);
     }
