@@ -512,3 +512,49 @@ async fn the_raft_log_is_compacted_and_a_restart_still_serves_everything() {
     assert_eq!(next.header().unwrap().revision(), 302);
     server.shutdown().await.unwrap();
 }
+
+/// Two requests that once stopped the server for good (found in review): both are answered with an
+/// error, and the member goes on serving, also after a restart (their entries replay cleanly).
+#[tokio::test]
+async fn requests_that_once_crashed_the_server_are_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, mut c) = start_in(dir.path()).await;
+    c.put("a", "1", None).await.unwrap();
+
+    // A from-key delete, then an ignore_value put of the key it deleted: rolled back whole.
+    let txn = Txn::new().and_then([
+        TxnOp::delete("a", Some(DeleteOptions::new().with_from_key())),
+        TxnOp::put("a", "", Some(PutOptions::new().with_ignore_value())),
+    ]);
+    assert_eq!(
+        status(c.txn(txn).await.unwrap_err()),
+        (
+            tonic::Code::InvalidArgument,
+            "etcdserver: key not found".into()
+        )
+    );
+    assert_eq!(
+        c.get("a", None).await.unwrap().kvs()[0].value(),
+        b"1",
+        "nothing was deleted"
+    );
+
+    // Transactions nested 40 deep: refused before they reach the log.
+    let mut nested = Txn::new().and_then([TxnOp::put("deep", "v", None)]);
+    for _ in 0..40 {
+        nested = Txn::new().and_then([TxnOp::txn(nested)]);
+    }
+    let (code, message) = status(c.txn(nested).await.unwrap_err());
+    assert_eq!(code, tonic::Code::InvalidArgument);
+    assert!(message.contains("nested deeper than 32"), "{message}");
+
+    server.shutdown().await.unwrap();
+    let (server, mut c) = start_in(dir.path()).await;
+    let put = c.put("b", "2", None).await.unwrap();
+    assert_eq!(
+        put.header().unwrap().revision(),
+        3,
+        "the failed txn took no revision"
+    );
+    server.shutdown().await.unwrap();
+}

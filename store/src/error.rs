@@ -34,6 +34,9 @@ pub enum Error {
     TooManyOps,
     #[error("etcdserver: duplicate key given in txn request")]
     DuplicateKey,
+    /// Concord's own limit (etcd has none): see `mvcc::txn::MAX_TXN_DEPTH`.
+    #[error("concord: transactions nested deeper than 32 levels are not accepted")]
+    TxnTooDeep,
     #[error("etcdserver: invalid sort option")]
     InvalidSortOption,
     #[error("etcdserver: request is too large")]
@@ -88,6 +91,7 @@ impl Error {
             | Error::ValueProvided
             | Error::LeaseProvided
             | Error::TooManyOps
+            | Error::TxnTooDeep
             | Error::DuplicateKey
             | Error::InvalidSortOption
             | Error::RequestTooLarge

@@ -88,6 +88,25 @@ impl KeyIndex {
         self.generations.push(Generation::default());
     }
 
+    /// Takes back the newest change, made at `rev` (a put or a tombstone): the inverse of
+    /// [`KeyIndex::put`] / [`KeyIndex::tombstone`], for a transaction that fails after writing.
+    fn undo(&mut self, rev: Revision) {
+        let last = self.generations.len() - 1;
+        if last > 0
+            && self.generations[last].revs.is_empty()
+            && self.generations[last - 1].revs.last() == Some(&rev)
+        {
+            self.generations.pop(); // the generation the tombstone opened
+        }
+        let g = self.open_generation();
+        assert_eq!(
+            g.revs.pop(),
+            Some(rev),
+            "undo of a change that is not the key's newest"
+        );
+        g.ver -= 1;
+    }
+
     fn open_generation(&mut self) -> &mut Generation {
         self.generations
             .last_mut()
@@ -211,6 +230,18 @@ impl TreeIndex {
             .tombstone(rev);
     }
 
+    /// Takes back the newest change of `key`, made at `rev` (see [`KeyIndex::undo`]).
+    pub fn undo(&mut self, key: &[u8], rev: Revision) {
+        let ki = self
+            .keys
+            .get_mut(key)
+            .expect("undo of a key missing from the index");
+        ki.undo(rev);
+        if ki.is_empty() {
+            self.keys.remove(key);
+        }
+    }
+
     /// The revision holding `key` as of `at`.
     pub fn get(&self, key: &[u8], at: Rev) -> Option<Revision> {
         self.keys.get(key)?.get(at)
@@ -325,6 +356,25 @@ mod tests {
             ki.is_empty(),
             "a key deleted at or before the compact revision is forgotten"
         );
+    }
+
+    #[test]
+    fn undo_takes_back_puts_and_tombstones() {
+        let mut ki = example(); // ... put 4, tombstone 5
+        ki.undo(r(5));
+        assert!(ki.is_live(), "undoing the tombstone revives the key");
+        assert_eq!(ki.get(10), Some(r(4)));
+        ki.undo(r(4));
+        assert!(!ki.is_live());
+        assert_eq!(
+            ki.put(r(6)),
+            (6, 1),
+            "the next put starts a fresh generation again"
+        );
+        let mut index = TreeIndex::default();
+        index.put(b"new", r(7));
+        index.undo(b"new", r(7));
+        assert!(index.is_empty(), "a key created and undone is forgotten");
     }
 
     #[test]

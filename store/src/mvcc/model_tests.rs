@@ -160,7 +160,9 @@ proptest! {
             }
             batch.finish(applied);
             match op {
-                Op::WriteBack => store.write_back().unwrap(),
+                Op::WriteBack => {
+                    prop_assert_eq!(store.write_back().unwrap(), model.current());
+                }
                 Op::Reopen => {
                     store.write_back().unwrap();
                     drop(store);

@@ -22,6 +22,7 @@
 //! 100 ms or 10,000 operations, with the consistent index inside it).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use concord_proto::mvccpb::KeyValue;
@@ -105,6 +106,9 @@ pub struct KvStore {
     tree: sled::Tree,
     /// The in-memory index, clocks and unwritten records (see the module doc).
     state: RwLock<IndexState>,
+    /// Set when the apply loop failed or panicked: memory may hold half a batch, so nothing more
+    /// may be written back (the durable Raft log is what a restart rebuilds from).
+    poisoned: AtomicBool,
 }
 
 impl KvStore {
@@ -141,6 +145,7 @@ impl KvStore {
         Ok(KvStore {
             tree,
             state: RwLock::new(state),
+            poisoned: AtomicBool::new(false),
         })
     }
 
@@ -189,10 +194,13 @@ impl KvStore {
     /// Writes every unwritten change to sled in one atomic batch with the applied index and the
     /// clocks (see the module doc). Readers go on meanwhile; the records leave memory only once
     /// sled has them. Does not flush.
-    pub fn write_back(&self) -> Result<()> {
+    pub fn write_back(&self) -> Result<Rev> {
+        if self.poisoned.load(Ordering::SeqCst) {
+            return Err(Error::Stopped);
+        }
         let state = self.state.upgradable_read();
         if state.written == state.applied {
-            return Ok(());
+            return Ok(state.current);
         }
         let mut batch = sled::Batch::default();
         for (rev, change) in &state.unwritten {
@@ -208,20 +216,37 @@ impl KvStore {
         let mut state = RwLockUpgradableReadGuard::upgrade(state);
         state.unwritten.clear();
         state.written = state.applied;
-        Ok(())
+        Ok(state.current)
+    }
+
+    /// Marks the store as no longer writable (see the field's doc).
+    pub fn poison(&self) {
+        self.poisoned.store(true, Ordering::SeqCst);
     }
 
     /// A CRC-32 over the history records with main revision ≤ `rev` (etcd's HashKV): equal on
-    /// replicas that applied the same entries, whatever their timing. Writes back first.
+    /// replicas that applied the same entries, whatever their timing. It writes back first, then
+    /// scans sled without holding the store's lock: records up to a written revision never change
+    /// (a concurrent compaction may remove some, as it would change etcd's answer too).
     pub fn hash_kv(&self, rev: Rev) -> Result<(u32, Rev, Rev)> {
-        self.write_back()?;
-        let state = self.state.read();
-        let rev = if rev <= 0 { state.current } else { rev };
-        if rev > state.current {
+        let mut written = self.write_back()?;
+        let (current, compacted) = {
+            let state = self.state.read();
+            (state.current, state.compacted)
+        };
+        let rev = if rev <= 0 { written } else { rev };
+        if rev > current {
             return Err(Error::FutureRevision);
         }
-        if rev < state.compacted {
+        if rev < compacted {
             return Err(Error::Compacted);
+        }
+        if rev > written {
+            written = self.write_back()?;
+            assert!(
+                written >= rev,
+                "a write-back covers every revision applied before it"
+            );
         }
         let mut hasher = crc32fast::Hasher::new();
         let upper = Revision::new(rev + 1, 0).to_key();
@@ -230,13 +255,12 @@ impl KvStore {
             hasher.update(&k);
             hasher.update(&v);
         }
-        Ok((hasher.finalize(), state.compacted, rev))
+        Ok((hasher.finalize(), compacted, rev))
     }
 
-    /// A CRC-32 over the whole state tree (etcd's Hash). Writes back first.
+    /// A CRC-32 over the whole state tree (etcd's Hash). Writes back first; scans without the lock.
     pub fn hash(&self) -> Result<u32> {
         self.write_back()?;
-        let _state = self.state.read();
         let mut hasher = crc32fast::Hasher::new();
         for item in self.tree.iter() {
             let (k, v) = item?;
@@ -345,6 +369,7 @@ impl<'a> WriteBatch<'a> {
             batch: self,
             begin,
             changes: 0,
+            undo: Vec::new(),
         }
     }
 
@@ -383,6 +408,8 @@ pub struct WriteTxn<'b, 'a> {
     begin: Rev,
     /// Changes made so far (the next one's sub revision).
     changes: i64,
+    /// The key and revision of every change, to take them back if the transaction fails.
+    undo: Vec<(Vec<u8>, Revision)>,
 }
 
 impl WriteTxn<'_, '_> {
@@ -424,11 +451,23 @@ impl WriteTxn<'_, '_> {
     }
 
     fn record(&mut self, rev: Revision, tag: u8, kv: KeyValue) {
+        self.undo.push((kv.key.clone(), rev));
         self.batch
             .state
             .unwritten
             .insert(rev, Unwritten::Record(tag, kv));
         self.changes += 1;
+    }
+
+    /// Takes back every change of this transaction: the index, the records, the revision. Used
+    /// when a request fails after it started writing (every replica fails it the same way, so the
+    /// rollback is deterministic); the transaction then changed nothing.
+    pub fn rollback(&mut self) {
+        for (key, rev) in self.undo.drain(..).rev() {
+            self.batch.state.index.undo(&key, rev);
+            self.batch.state.unwritten.remove(&rev);
+        }
+        self.changes = 0;
     }
 
     /// Whether the transaction changed anything (and so takes a new revision).

@@ -73,16 +73,40 @@ pub fn check_delete(r: &DeleteRangeRequest) -> Result<()> {
 }
 
 /// etcd's `checkTxnRequest` plus `checkIntervals` on both branches.
+///
+/// Two limits etcd does not have bound the work a request can cause, since nested transactions
+/// multiply: at most [`MAX_TXN_DEPTH`] levels of nesting (deeper messages would also exceed the
+/// protobuf decoder's recursion limit once wrapped in a Raft entry), and at most
+/// [`TOTAL_OPS_FACTOR`] × `max_ops` operations in the whole tree (the duplicate-key check compares
+/// puts with deletes).
 pub fn check_txn(r: &TxnRequest, max_ops: usize) -> Result<()> {
-    check_txn_ops(r, max_ops)?;
+    check_txn_ops(r, max_ops, 0, &mut (0, max_ops * TOTAL_OPS_FACTOR))?;
     check_intervals(&r.success)?;
     check_intervals(&r.failure)?;
     Ok(())
 }
 
-fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<()> {
+/// Deepest nesting of transactions accepted.
+pub const MAX_TXN_DEPTH: usize = 32;
+/// The whole transaction tree may hold this many times `--max-txn-ops` operations.
+pub const TOTAL_OPS_FACTOR: usize = 8;
+
+/// etcd's per-level checks; `budget` is (ops counted so far, most allowed in the tree).
+fn check_txn_ops(
+    r: &TxnRequest,
+    max_ops: usize,
+    depth: usize,
+    budget: &mut (usize, usize),
+) -> Result<()> {
+    if depth > MAX_TXN_DEPTH {
+        return Err(Error::TxnTooDeep);
+    }
     let ops = r.compare.len().max(r.success.len()).max(r.failure.len());
     if ops > max_ops {
+        return Err(Error::TooManyOps);
+    }
+    budget.0 += r.compare.len() + r.success.len() + r.failure.len();
+    if budget.0 > budget.1 {
         return Err(Error::TooManyOps);
     }
     if r.compare.iter().any(|c| c.key.is_empty()) {
@@ -95,7 +119,9 @@ fn check_txn_ops(r: &TxnRequest, max_ops: usize) -> Result<()> {
             Some(Request::RequestDeleteRange(r)) => check_delete(r)?,
             // etcd passes the remaining budget down (which can be negative, so any nested op then
             // fails); it never grows.
-            Some(Request::RequestTxn(t)) => check_txn_ops(t, max_ops.saturating_sub(ops))?,
+            Some(Request::RequestTxn(t)) => {
+                check_txn_ops(t, max_ops.saturating_sub(ops), depth + 1, budget)?
+            }
             None => return Err(Error::KeyNotFound),
         }
     }
@@ -318,8 +344,14 @@ struct Path {
     nested: Vec<Path>,
 }
 
-fn path(view: &impl View, r: &TxnRequest) -> Path {
-    let succeeded = r.compare.iter().all(|c| compare(view, c));
+fn path(view: &impl View, r: &TxnRequest) -> Result<Path> {
+    let mut succeeded = true;
+    for c in &r.compare {
+        if !compare(view, c)? {
+            succeeded = false;
+            break;
+        }
+    }
     let ops = if succeeded { &r.success } else { &r.failure };
     let nested = ops
         .iter()
@@ -327,20 +359,19 @@ fn path(view: &impl View, r: &TxnRequest) -> Path {
             Some(Request::RequestTxn(t)) => Some(path(view, t)),
             _ => None,
         })
-        .collect();
-    Path { succeeded, nested }
+        .collect::<Result<_>>()?;
+    Ok(Path { succeeded, nested })
 }
 
 /// etcd's `applyCompare`: every key in the compare's range must satisfy it; a missing key compares
-/// as zero values, except that a VALUE compare on a missing key always fails.
-fn compare(view: &impl View, c: &Compare) -> bool {
-    let Ok(res) = view.range(KeyRange::new(&c.key, &c.range_end), RangeOptions::default()) else {
-        return false;
-    };
+/// as zero values, except that a VALUE compare on a missing key always fails. A storage failure is
+/// an error, not a failed compare (it is not deterministic).
+fn compare(view: &impl View, c: &Compare) -> Result<bool> {
+    let res = view.range(KeyRange::new(&c.key, &c.range_end), RangeOptions::default())?;
     if res.kvs.is_empty() {
-        return c.target != CompareTarget::Value as i32 && compare_kv(c, &KeyValue::default());
+        return Ok(c.target != CompareTarget::Value as i32 && compare_kv(c, &KeyValue::default()));
     }
-    res.kvs.iter().all(|kv| compare_kv(c, kv))
+    Ok(res.kvs.iter().all(|kv| compare_kv(c, kv)))
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
@@ -353,7 +384,8 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
         }
         (Ok(CompareTarget::Mod), u) => kv.mod_revision.cmp(&union_int(u, CompareTarget::Mod)),
         (Ok(CompareTarget::Lease), u) => kv.lease.cmp(&union_int(u, CompareTarget::Lease)),
-        (Err(_), _) => return true,
+        // etcd leaves the comparison at 0 for a target it does not know.
+        (Err(_), _) => Ordering::Equal,
     };
     match CompareResult::try_from(c.result) {
         Ok(CompareResult::Equal) => ordering == Ordering::Equal,
@@ -422,7 +454,7 @@ pub fn check_put_state(view: &impl View, p: &PutRequest, leases: &dyn Leases) ->
 
 /// A transaction that only reads, served from a read view.
 pub fn txn_read(view: &mut ReadTxn<'_>, r: &TxnRequest) -> Result<TxnResponse> {
-    let p = path(&*view, r);
+    let p = path(&*view, r)?;
     check_ops(&*view, r, &p, &NoWrites)?;
     let mut resp = run_ops(view, r, &p)?;
     resp.header = header(view.rev());
@@ -435,7 +467,7 @@ pub fn txn_write(
     r: &TxnRequest,
     leases: &dyn Leases,
 ) -> Result<TxnResponse> {
-    let p = path(&*txn, r);
+    let p = path(&*txn, r)?;
     check_ops(&*txn, r, &p, leases)?;
     let mut resp = run_ops(txn, r, &p)?;
     resp.header = header(txn.rev());
@@ -591,6 +623,49 @@ mod tests {
             ]),
             Some(Error::DuplicateKey)
         );
+    }
+
+    #[test]
+    fn nesting_and_tree_size_are_bounded() {
+        let mut t = TxnRequest::default();
+        for _ in 0..MAX_TXN_DEPTH {
+            t = TxnRequest {
+                success: vec![txn_op(t.success, vec![])],
+                ..Default::default()
+            };
+        }
+        assert_eq!(
+            check_txn(&t, 128),
+            Ok(()),
+            "{MAX_TXN_DEPTH} levels are fine"
+        );
+        // ... and still decode once wrapped in a Raft entry's proposal (prost's recursion limit).
+        use crate::raft::proposal::{Command, Proposal};
+        use prost::Message;
+        let proposal = Proposal {
+            id: 1,
+            origin: 1,
+            command: Some(Command::Txn(t.clone())),
+        };
+        assert!(Proposal::decode(proposal.encode_to_vec().as_slice()).is_ok());
+        let deeper = TxnRequest {
+            success: vec![txn_op(t.success, vec![])],
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&deeper, 128), Err(Error::TxnTooDeep));
+        // Two levels of 64 nested txns, each with 16 puts: 64 + 64 * 16 = 1088 ops > 8 * 128.
+        let wide = TxnRequest {
+            success: (0..64)
+                .map(|i| {
+                    txn_op(
+                        (0..16).map(|j| put_op(&format!("{i}/{j}"), "v")).collect(),
+                        vec![],
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert_eq!(check_txn(&wide, 128), Err(Error::TooManyOps));
     }
 
     #[test]

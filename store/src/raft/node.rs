@@ -235,6 +235,7 @@ impl Node {
     /// Runs the loop until shutdown. An error means this member can no longer apply entries
     /// faithfully; the caller stops the server.
     pub fn run(mut self) -> Result<()> {
+        let _poison_on_panic = PoisonOnPanic(self.sm.kv().clone());
         let mut next_tick = Instant::now() + self.config.tick;
         let rx = self.rx.clone();
         let result = loop {
@@ -287,10 +288,12 @@ impl Node {
         self.waiters.fail_all(Error::Stopped);
         self.fail_reads(Error::Stopped);
         if result.is_ok() {
-            // After a failure nothing more is written: a batch may have been applied in part, and
-            // the Raft log (durable) is what a restart rebuilds from.
             self.sm.kv().write_back()?;
             self.db.flush()?;
+        } else {
+            // After a failure nothing more is written: a batch may have been applied in part, and
+            // the Raft log (durable) is what a restart rebuilds from.
+            self.sm.kv().poison();
         }
         result
     }
@@ -499,6 +502,17 @@ impl Node {
             .store(self.raw.store().first_index(), Ordering::Relaxed);
         s.last_index
             .store(self.raw.store().last_index(), Ordering::Relaxed);
+    }
+}
+
+/// Poisons the store if the loop unwinds (an assertion failed): see `KvStore::poison`.
+struct PoisonOnPanic(Arc<crate::mvcc::KvStore>);
+
+impl Drop for PoisonOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poison();
+        }
     }
 }
 

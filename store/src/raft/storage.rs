@@ -302,15 +302,15 @@ impl RaftStorage {
         Ok(())
     }
 
-    /// Adds compaction's pending disk work to `batch`: the truncation record first, then (in this
-    /// or later batches, so never before the record) a bounded number of compacted chunks.
+    /// Adds compaction's pending disk work to `batch`: the truncation record, and a bounded number
+    /// of compacted chunks (in the same atomic batch as the record or a later one, so a chunk never
+    /// disappears before the record that says it is no longer needed).
     fn clean_up(&mut self, batch: &mut sled::Batch) {
         if self.truncation_unwritten {
             let mut record = self.truncated.0.to_be_bytes().to_vec();
             record.extend_from_slice(&self.truncated.1.to_be_bytes());
             batch.insert(KEY_SNAPSHOT, record);
             self.truncation_unwritten = false;
-            return;
         }
         let from = self
             .compacted_chunks
@@ -593,8 +593,7 @@ mod tests {
             BTreeMap::from([(3, 4)]),
             "the straddling chunk stays"
         );
-        s.persist(&[], None).unwrap(); // writes the truncation record
-        s.persist(&[], None).unwrap(); // removes the compacted chunk
+        s.persist(&[], None).unwrap(); // the truncation record and the compacted chunk's removal
         assert!(s.compacted_chunks.is_empty());
         drop(s);
         let s = open(&db);

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use super::Core;
 use crate::config::ETCD_API_VERSION;
 use crate::error::{Error, Result};
+use crate::mvcc::KvStore;
 
 /// The Maintenance service adapter.
 pub struct MaintenanceService {
@@ -33,6 +34,17 @@ pub struct MaintenanceService {
 impl MaintenanceService {
     pub fn new(core: Arc<Core>) -> Self {
         MaintenanceService { core }
+    }
+
+    /// Runs a scan of the store on the blocking pool: it reads all of sled.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        scan: impl FnOnce(&KvStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let kv = self.core.kv.clone();
+        tokio::task::spawn_blocking(move || scan(&kv))
+            .await
+            .map_err(|e| Error::Storage(format!("hash task failed: {e}")))?
     }
 
     fn db_size(&self) -> Result<i64> {
@@ -97,7 +109,7 @@ impl Maintenance for MaintenanceService {
     async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         Ok(Response::new(HashResponse {
             header: self.core.header(None),
-            hash: self.core.kv.hash()?,
+            hash: self.blocking(|kv| kv.hash()).await?,
         }))
     }
 
@@ -105,8 +117,9 @@ impl Maintenance for MaintenanceService {
         &self,
         request: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        let revision = request.get_ref().revision;
         let (hash, compact_revision, hash_revision) =
-            self.core.kv.hash_kv(request.get_ref().revision)?;
+            self.blocking(move |kv| kv.hash_kv(revision)).await?;
         Ok(Response::new(HashKvResponse {
             header: self.core.header(None),
             hash,
