@@ -20,7 +20,7 @@ use raft::eraftpb::{Entry, EntryType};
 use crate::error::{Error, Result};
 use crate::mvcc::KvStore;
 use crate::mvcc::store::WriteBatch;
-use crate::mvcc::txn::{self, Leases};
+use crate::mvcc::txn::{self, NoLeases};
 use crate::raft::proposal::{Command, Proposal, Response};
 
 /// The outcome of one applied entry that a caller may be waiting for.
@@ -32,31 +32,20 @@ pub struct Applied {
     pub result: Result<Response>,
 }
 
-/// The lease table as seen by apply. Leases arrive in a later issue; until then no lease exists,
-/// so every put naming one fails with "requested lease not found", as the issue specifies.
-struct NoLeasesYet;
-
-impl Leases for NoLeasesYet {
-    fn exists(&self, _id: i64) -> bool {
-        false
-    }
-}
-
-/// Applies entries to the store and tracks the applied index.
+/// Applies entries to the store. The applied index is the store's own (`KvStore::applied`), kept
+/// with the state it describes.
 pub struct StateMachine {
     kv: Arc<KvStore>,
-    /// The index of the last applied entry.
-    applied: u64,
 }
 
 impl StateMachine {
     pub fn open(kv: Arc<KvStore>) -> Self {
-        let applied = kv.applied();
-        StateMachine { kv, applied }
+        StateMachine { kv }
     }
 
+    /// The index of the last applied entry.
     pub fn applied(&self) -> u64 {
-        self.applied
+        self.kv.applied()
     }
 
     pub fn kv(&self) -> &Arc<KvStore> {
@@ -69,8 +58,8 @@ impl StateMachine {
     /// once this returns.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>> {
         let mut out = Vec::new();
+        let mut applied = self.applied();
         let mut batch = self.kv.write();
-        let mut applied = self.applied;
         for entry in entries {
             if entry.index <= applied {
                 continue; // applied before a restart
@@ -102,7 +91,6 @@ impl StateMachine {
             applied = entry.index;
         }
         batch.finish(applied);
-        self.applied = applied;
         Ok(out)
     }
 }
@@ -125,11 +113,11 @@ fn execute(batch: &mut WriteBatch<'_>, command: Option<Command>) -> Result<Resul
         command => {
             let mut w = batch.txn();
             let result = match command {
-                Command::Put(p) => txn::check_put_state(&w, &p, &NoLeasesYet)
+                Command::Put(p) => txn::check_put_state(&w, &p, &NoLeases)
                     .and_then(|()| txn::put(&mut w, &p))
                     .map(Response::Put),
                 Command::DeleteRange(d) => txn::delete_range(&mut w, &d).map(Response::DeleteRange),
-                Command::Txn(t) => txn::txn_write(&mut w, &t, &NoLeasesYet).map(Response::Txn),
+                Command::Txn(t) => txn::txn_write(&mut w, &t, &NoLeases).map(Response::Txn),
                 Command::Compact(_) => unreachable!("matched above"),
             };
             if result.is_err() {

@@ -92,12 +92,7 @@ impl Server {
                 .local_addr()
                 .map_err(|e| Error::Network(e.to_string()))?;
             client_addrs.push(local);
-            listeners.push(tokio::spawn(serve(
-                listener,
-                core.clone(),
-                config.max_request_bytes,
-                stop_rx.clone(),
-            )));
+            listeners.push(tokio::spawn(serve(listener, core.clone(), stop_rx.clone())));
         }
         tracing::info!(
             name = %config.name,
@@ -135,10 +130,7 @@ impl Server {
     /// Waits until the node loop stops by itself (a fatal storage error); returns its error.
     pub async fn stopped(&mut self) -> Result<()> {
         let thread = self.node_thread.take().expect("stopped() is called once");
-        let result = tokio::task::spawn_blocking(move || thread.join())
-            .await
-            .map_err(|e| Error::Raft(e.to_string()))?;
-        result.unwrap_or_else(|_| Err(Error::Raft("the raft thread panicked".into())))
+        join_node(thread).await
     }
 
     /// Stops serving, then stops the node loop (which flushes everything).
@@ -149,13 +141,18 @@ impl Server {
         }
         self.node.shutdown();
         match self.node_thread.take() {
-            Some(thread) => tokio::task::spawn_blocking(move || thread.join())
-                .await
-                .map_err(|e| Error::Raft(e.to_string()))?
-                .unwrap_or_else(|_| Err(Error::Raft("the raft thread panicked".into()))),
+            Some(thread) => join_node(thread).await,
             None => Ok(()),
         }
     }
+}
+
+/// Waits (off the async workers) for the node loop's thread; its result, or an error if it panicked.
+async fn join_node(thread: JoinHandle<Result<()>>) -> Result<()> {
+    tokio::task::spawn_blocking(move || thread.join())
+        .await
+        .map_err(|e| Error::Raft(e.to_string()))?
+        .unwrap_or_else(|_| Err(Error::Raft("the raft thread panicked".into())))
 }
 
 impl Drop for Server {
@@ -205,10 +202,9 @@ fn identity(state: &sled::Tree, config: &ServerConfig) -> Result<(u64, u64)> {
 async fn serve(
     listener: tokio::net::TcpListener,
     core: Arc<Core>,
-    max_request_bytes: usize,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
-    let max_decode = max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let max_decode = core.max_request_bytes + GRPC_OVERHEAD_BYTES;
     let kv = KvServer::new(KvService::new(core.clone()))
         .max_decoding_message_size(max_decode)
         .max_encoding_message_size(usize::MAX);

@@ -10,8 +10,10 @@
 //! 2. tick the Raft clock when due; retry read-index requests that got no answer;
 //! 3. handle the Ready in raft-rs's order (`src/lib.rs` of raft-rs): send messages; (snapshot);
 //!    apply committed entries; persist new entries and the hard state in one batch, then **flush**;
-//!    send persisted messages; release reads; `advance`; apply what the light ready committed;
-//!    `advance_apply`.
+//!    send persisted messages; note the read states; `advance`; apply what the light ready
+//!    committed; `advance_apply`; release the reads whose index is now applied; compact the log
+//!    when due; publish the status.
+//! 4. write applied changes back to sled when the backend batch is due (`mvcc/store.rs`).
 //!
 //! Replies are sent right after their entry is applied: an entry is committed only once it is
 //! durable in the log (flushed), so an acknowledged write survives a crash — a restart re-applies
@@ -64,7 +66,6 @@ pub enum Msg {
 /// Numbers about the node that readers need without a round trip to the loop (Status, headers).
 #[derive(Debug, Default)]
 pub struct NodeStatus {
-    pub id: AtomicU64,
     pub term: AtomicU64,
     pub leader: AtomicU64,
     pub commit: AtomicU64,
@@ -100,23 +101,18 @@ pub struct NodeHandle {
 impl NodeHandle {
     /// Proposes `command` and waits until it is committed, durable and applied.
     pub async fn propose(&self, command: Command) -> Result<Response> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Propose { command, reply })
-            .map_err(|_| Error::Stopped)?;
-        match tokio::time::timeout(self.request_timeout, rx).await {
-            Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(Error::Stopped),
-            Err(_) => Err(Error::Timeout),
-        }
+        self.ask(|reply| Msg::Propose { command, reply }).await
     }
 
     /// Waits until a read served from local state now would be linearizable.
     pub async fn read_index(&self) -> Result<()> {
+        self.ask(|reply| Msg::ReadIndex { reply }).await
+    }
+
+    /// Sends the loop a request and waits for its answer, at most the request timeout.
+    async fn ask<T>(&self, msg: impl FnOnce(oneshot::Sender<Result<T>>) -> Msg) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::ReadIndex { reply })
-            .map_err(|_| Error::Stopped)?;
+        self.tx.send(msg(reply)).map_err(|_| Error::Stopped)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(Error::Stopped),
@@ -208,7 +204,6 @@ impl Node {
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let status = Arc::new(NodeStatus::default());
-        status.id.store(config.id, Ordering::Relaxed);
         let handle = NodeHandle {
             tx,
             status: status.clone(),
@@ -452,7 +447,8 @@ impl Node {
         Ok(())
     }
 
-    /// Applies committed entries, then answers their callers (after the status shows them applied).
+    /// Applies committed entries, then answers their callers (after the status shows them applied;
+    /// the rest of the status is published at the end of the Ready).
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
@@ -460,7 +456,9 @@ impl Node {
         let started = Instant::now();
         let answers = self.sm.apply(&entries)?;
         self.timings.apply += started.elapsed();
-        self.publish_status();
+        self.status
+            .applied
+            .store(self.sm.applied(), Ordering::Relaxed);
         for out in answers {
             if out.origin == self.config.id {
                 self.waiters.answer(out.id, out.result);

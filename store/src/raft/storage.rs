@@ -442,6 +442,15 @@ mod tests {
         GetEntriesContext::empty(false)
     }
 
+    /// The terms of entries `lo..hi`.
+    fn terms(s: &RaftStorage, lo: u64, hi: u64) -> Vec<u64> {
+        s.entries(lo, hi, None, ctx())
+            .unwrap()
+            .iter()
+            .map(|e| e.term)
+            .collect()
+    }
+
     #[test]
     fn a_new_log_is_empty_with_the_bootstrap_conf_state() {
         let db = sled::Config::new().temporary(true).open().unwrap();
@@ -459,23 +468,11 @@ mod tests {
         s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1)], None)
             .unwrap();
         s.persist(&[entry(3, 2), entry(4, 2)], None).unwrap();
-        let terms: Vec<u64> = s
-            .entries(1, 5, None, ctx())
-            .unwrap()
-            .iter()
-            .map(|e| e.term)
-            .collect();
-        assert_eq!(terms, vec![1, 1, 2, 2]);
-        // The same answer from disk, after a restart (no cache).
+        assert_eq!(terms(&s, 1, 5), vec![1, 1, 2, 2]);
+        // The same answer after a restart, read back from the chunks in sled.
         drop(s);
         let s = open(&db);
-        let terms: Vec<u64> = s
-            .entries(1, 5, None, ctx())
-            .unwrap()
-            .iter()
-            .map(|e| e.term)
-            .collect();
-        assert_eq!(terms, vec![1, 1, 2, 2]);
+        assert_eq!(terms(&s, 1, 5), vec![1, 1, 2, 2]);
         assert_eq!(s.last_index(), 4);
     }
 
@@ -580,13 +577,7 @@ mod tests {
         assert_eq!(s.chunks, BTreeMap::from([(1, 2), (3, 4)]));
         drop(s);
         let mut s = open(&db);
-        let terms: Vec<u64> = s
-            .entries(1, 5, None, ctx())
-            .unwrap()
-            .iter()
-            .map(|e| e.term)
-            .collect();
-        assert_eq!(terms, vec![1, 1, 2, 2]);
+        assert_eq!(terms(&s, 1, 5), vec![1, 1, 2, 2]);
         s.compact(3).unwrap();
         assert_eq!(
             s.chunks,
