@@ -11,8 +11,15 @@
 #   DURATION=10        measured seconds per workload
 #   WARMUP=1           unmeasured seconds before each workload
 #   WORKLOADS="put:256:16 put:1:1 range:256:16 range-serializable:256:16 txn:256:16"
-#                      workload:clients:conns, workload one of put, range (linearizable),
-#                      range-serializable, txn
+#                      workload:clients:conns[:flag=value,...], workload one of put, range
+#                      (linearizable), range-serializable, txn, watch-fanout, lease-keepalive,
+#                      lease-expiry-storm. The optional flag=value list is passed to that run only,
+#                      as --flag value. The watch and lease workloads also get --server-pid (for
+#                      the server's memory and CPU); lease-expiry-storm gets no --duration unless
+#                      its list has one (the tool's default, TTL + 15 s, covers the expiry). E.g.
+#                      WORKLOADS="watch-fanout:100:4 lease-keepalive:1000:16 lease-expiry-storm:64:8"
+#                      WORKLOADS="watch-fanout:16:4:watchers=1000,streams=10,rate=200
+#                                 lease-keepalive:100:4:leases=10000 lease-expiry-storm:64:8:leases=2000"
 #   TARGETS="concord etcd"  which servers to run, in this order
 #   BENCH_ARGS=""      extra concord-bench flags for every run (e.g. "--val-size 1024")
 #   OUT_DIR=target/bench-results/<UTC timestamp>   where results go
@@ -130,22 +137,37 @@ start_server() {
 
 # Runs every workload against the target listening on $PORT, labelled $1.
 run_workloads() {
-  local target="$1" spec workload clients conns args json
+  local target="$1" spec workload clients conns flags args json pair pairs name value duration
   for spec in $WORKLOADS; do
-    IFS=: read -r workload clients conns <<<"$spec"
-    [[ -n "$clients" && -n "$conns" ]] || die "bad WORKLOADS entry $spec (want workload:clients:conns)"
+    IFS=: read -r workload clients conns flags <<<"$spec"
+    [[ -n "$clients" && -n "$conns" ]] || die "bad WORKLOADS entry $spec (want workload:clients:conns[:flag=value,...])"
     case "$workload" in
-      put | txn) args=("$workload") ;;
+      put | txn | watch-fanout | lease-keepalive | lease-expiry-storm) args=("$workload") ;;
       range | range-linearizable) args=(range) ;;
       range-serializable) args=(range --serializable) ;;
       *) die "unknown workload $workload in $spec" ;;
     esac
-    json="$OUT_DIR/$target-$workload-${clients}c-${conns}x.json"
-    log "$target: $workload, $clients clients / $conns conns, ${DURATION}s"
+    case "$workload" in
+      watch-fanout | lease-keepalive | lease-expiry-storm) args+=(--server-pid "$SERVER_PID") ;;
+    esac
+    # The run's own flags; --duration only when neither they nor the workload's default set it.
+    duration=(--duration "$DURATION")
+    [[ "$workload" != lease-expiry-storm ]] || duration=()
+    if [[ -n "$flags" ]]; then
+      IFS=, read -r -a pairs <<<"$flags"
+      for pair in "${pairs[@]}"; do
+        [[ "$pair" == *=* ]] || die "bad flag $pair in $spec (want flag=value)"
+        name="${pair%%=*}" value="${pair#*=}"
+        args+=("--$name" "$value")
+        [[ "$name" != duration ]] || duration=()
+      done
+    fi
+    json="$OUT_DIR/$target-$workload-${clients}c-${conns}x${flags:+-${flags//[^a-zA-Z0-9=.-]/_}}.json"
+    log "$target: $workload, $clients clients / $conns conns${flags:+, $flags}${duration[*]:+, ${DURATION}s}"
     # A failed run (e.g. a server that lacks a feature) is reported, and the others still run.
     # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
     if "$BENCH" "${args[@]}" --endpoints "$HOST:$PORT" --label "$target" \
-      --clients "$clients" --conns "$conns" --duration "$DURATION" --warmup "$WARMUP" \
+      --clients "$clients" --conns "$conns" "${duration[@]}" --warmup "$WARMUP" \
       --json "$json" $BENCH_ARGS | tee -a "$OUT_DIR/$target.txt"; then
       RESULTS+=("$json")
     else

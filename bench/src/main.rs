@@ -7,14 +7,23 @@
 //! latency percentiles to stdout and, with `--json`, writes them as a [`report::BenchResult`];
 //! `compare` turns such files into a Markdown table (see [`report`]).
 //!
+//! `watch-fanout`, `lease-keepalive` and `lease-expiry-storm` drive the Watch and Lease APIs with
+//! their own loops ([`watch`], [`keepalive`], [`storm`]) and add their own section to the result.
+//!
 //! Exit status: 0 when the run completed (failed requests are counted, not fatal), 1 when it could
 //! not run (bad arguments, unreachable endpoints, failed preparation, unwritable output).
 
 mod cli;
 mod error;
+mod keepalive;
 mod keys;
+mod lease;
+mod procfs;
 mod report;
+mod revisions;
 mod runner;
+mod storm;
+mod watch;
 mod workload;
 
 use std::process::ExitCode;
@@ -38,6 +47,21 @@ fn main() -> ExitCode {
             },
         ),
         Command::Txn(args) => bench(&args, Workload::Txn),
+        Command::WatchFanout(args) => args.config().and_then(|(plan, config)| {
+            run_async(&args.run, |label| async move {
+                watch::run(&plan, &config, label).await
+            })
+        }),
+        Command::LeaseKeepalive(args) => args.config().and_then(|(plan, config)| {
+            run_async(&args.run, |label| async move {
+                keepalive::run(&plan, &config, label).await
+            })
+        }),
+        Command::LeaseExpiryStorm(args) => args.config().and_then(|(plan, config)| {
+            run_async(&args.run, |label| async move {
+                storm::run(&plan, &config, label).await
+            })
+        }),
         Command::Compare(args) => compare(&args),
     };
     match outcome {
@@ -49,17 +73,10 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs one workload and reports it.
+/// Runs one closed-loop workload (put, range, txn) and reports it.
 fn bench(args: &RunArgs, workload: Workload) -> Result<(), BenchError> {
     let plan = args.plan(workload)?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = args.threads {
-        runtime.worker_threads(threads.max(1));
-    }
-    let runtime = runtime
-        .enable_all()
-        .build()
-        .map_err(|e| BenchError::Setup(format!("cannot start the tokio runtime: {e}")))?;
+    let runtime = runtime(args)?;
     let (measurement, key_count) = runtime.block_on(async {
         let conns = workload::connect(&plan).await?;
         let op = Op::new(&plan);
@@ -81,6 +98,36 @@ fn bench(args: &RunArgs, workload: Workload) -> Result<(), BenchError> {
     runtime.shutdown_background();
 
     let result = BenchResult::new(args.label(), &plan, key_count, &measurement);
+    report(args, &result)
+}
+
+/// Runs a workload that produces its own result (watch and lease workloads) and reports it.
+fn run_async<F, Fut>(args: &RunArgs, run: F) -> Result<(), BenchError>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = Result<BenchResult, BenchError>>,
+{
+    let runtime = runtime(args)?;
+    let result = runtime.block_on(run(args.label()));
+    // Dropping the runtime closes the connections; do not wait on slow server-side teardown.
+    runtime.shutdown_background();
+    report(args, &result?)
+}
+
+/// A multi-threaded Tokio runtime with `--threads` workers (default: one per CPU).
+fn runtime(args: &RunArgs) -> Result<tokio::runtime::Runtime, BenchError> {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    runtime
+        .enable_all()
+        .build()
+        .map_err(|e| BenchError::Setup(format!("cannot start the tokio runtime: {e}")))
+}
+
+/// Prints the summary and writes the JSON file if asked.
+fn report(args: &RunArgs, result: &BenchResult) -> Result<(), BenchError> {
     print!("{}", result.summary());
     if let Some(path) = &args.json {
         result.write_json(path)?;

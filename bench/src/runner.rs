@@ -11,6 +11,8 @@
 //!
 //! Each client keeps its own histogram (microseconds, 3 significant digits); they are merged at
 //! the end, so the request loop shares nothing but two relaxed counters read by the progress bar.
+//! With [`Plan::samples`], each client also keeps every measured request's start and latency
+//! ([`Sample`]), for workloads that split the run into phases afterwards (`lease-expiry-storm`).
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -22,13 +24,26 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::keys::{KeyOrder, KeyPicker};
+use crate::report::micros;
 use crate::workload::{Op, Plan, Reply, Stop};
 
 /// How many failed requests are described on stderr; the rest are only counted.
 const ERRORS_SHOWN: usize = 5;
 
+/// One measured request, kept when [`Plan::samples`] is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    /// When it was sent, in microseconds since the end of the warmup.
+    pub start_us: u64,
+    pub latency_us: u64,
+    /// False for a failed request.
+    pub ok: bool,
+}
+
 /// What a run measured.
 pub struct Measurement {
+    /// The end of the warmup, where the measured time starts.
+    pub measure_start: Instant,
     pub elapsed: Duration,
     pub ops: u64,
     pub errors: u64,
@@ -36,6 +51,8 @@ pub struct Measurement {
     pub range_empty: u64,
     /// Latencies in microseconds of the requests counted in `ops`.
     pub latency_us: Histogram<u64>,
+    /// Every measured request, in no particular order; empty unless [`Plan::samples`].
+    pub samples: Vec<Sample>,
 }
 
 /// State shared by all clients of one run.
@@ -44,6 +61,7 @@ struct Shared {
     seed: u64,
     key_order: KeyOrder,
     timeout: Duration,
+    samples: bool,
     measure_start: Instant,
     deadline: Option<Instant>,
     total: Option<u64>,
@@ -88,6 +106,7 @@ struct ClientStats {
     range_empty: u64,
     last_reply: Option<Instant>,
     latency_us: Histogram<u64>,
+    samples: Vec<Sample>,
 }
 
 /// Runs the measured part of `plan` on the prepared connections.
@@ -102,6 +121,7 @@ pub async fn run(plan: &Plan, op: Op, conns: &[KvClient]) -> Measurement {
         seed: plan.seed,
         key_order: plan.key_order,
         timeout: plan.timeout,
+        samples: plan.samples,
         measure_start,
         deadline,
         total,
@@ -144,6 +164,7 @@ async fn client(id: usize, mut kv: KvClient, shared: Arc<Shared>) -> ClientStats
         range_empty: 0,
         last_reply: None,
         latency_us: new_histogram(shared.timeout),
+        samples: Vec::new(),
     };
     loop {
         let start = Instant::now();
@@ -168,6 +189,13 @@ async fn client(id: usize, mut kv: KvClient, shared: Arc<Shared>) -> ClientStats
         };
         if measured {
             stats.record(&shared, reply, end - start, end);
+            if shared.samples {
+                stats.samples.push(Sample {
+                    start_us: micros(start - shared.measure_start),
+                    latency_us: micros(end - start),
+                    ok: reply.is_some(),
+                });
+            }
         }
     }
 }
@@ -183,10 +211,7 @@ impl ClientStats {
         };
         self.ops += 1;
         shared.replies.fetch_add(1, Ordering::Relaxed);
-        let micros = u64::try_from(latency.as_micros())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        self.latency_us.saturating_record(micros);
+        self.latency_us.saturating_record(micros(latency).max(1));
         match reply {
             Reply::Done => {}
             Reply::Conflict => self.txn_conflicts += 1,
@@ -198,12 +223,14 @@ impl ClientStats {
 /// Adds up the clients' counts; the measured time ends with the last reply.
 fn merge(plan: &Plan, measure_start: Instant, stats: Vec<ClientStats>) -> Measurement {
     let mut m = Measurement {
+        measure_start,
         elapsed: Duration::ZERO,
         ops: 0,
         errors: 0,
         txn_conflicts: 0,
         range_empty: 0,
         latency_us: new_histogram(plan.timeout),
+        samples: Vec::new(),
     };
     let mut last = None;
     for s in stats {
@@ -213,6 +240,7 @@ fn merge(plan: &Plan, measure_start: Instant, stats: Vec<ClientStats>) -> Measur
         m.range_empty += s.range_empty;
         // Same bounds on both sides, so adding cannot fail.
         let _ = m.latency_us.add(&s.latency_us);
+        m.samples.extend(s.samples);
         last = last.max(s.last_reply);
     }
     m.elapsed = match (last, plan.stop) {

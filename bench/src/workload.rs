@@ -64,6 +64,11 @@ pub enum Stop {
 }
 
 /// A checked, complete description of one run.
+///
+/// The watch and lease workloads use it for the settings they share with the others; their own
+/// settings live in their modules' `*Config`. `workload` is the request the closed-loop clients
+/// send: `Put` for `watch-fanout`'s writers and `lease-expiry-storm`'s load, unused by
+/// `lease-keepalive`.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub workload: Workload,
@@ -79,9 +84,19 @@ pub struct Plan {
     pub key_order: KeyOrder,
     pub seed: u64,
     pub quiet: bool,
+    /// Keep every measured request's start and latency (see [`crate::runner::Sample`]).
+    pub samples: bool,
 }
 
 impl Plan {
+    /// The measured time of a run that stops after a duration (zero for `--total`).
+    pub fn duration(&self) -> Duration {
+        match self.stop {
+            Stop::Duration(d) => d,
+            Stop::Total(_) => Duration::ZERO,
+        }
+    }
+
     /// How many distinct keys requests go to: the key space, or its preloaded part for `range`.
     pub fn keys_used(&self) -> u64 {
         match self.workload {
@@ -280,6 +295,12 @@ fn current_mod_revision(resp: &TxnResponse) -> i64 {
 
 /// Opens `plan.conns` connections (one [`Client`] each) and checks that each one answers.
 pub async fn connect(plan: &Plan) -> Result<Vec<KvClient>, BenchError> {
+    let clients = connect_clients(plan).await?;
+    Ok(clients.iter().map(Client::kv_client).collect())
+}
+
+/// [`connect`], keeping the whole clients (for their watch and lease services).
+pub async fn connect_clients(plan: &Plan) -> Result<Vec<Client>, BenchError> {
     let endpoints = plan.endpoints.join(",");
     let mut conns = Vec::with_capacity(plan.conns);
     for _ in 0..plan.conns {
@@ -297,7 +318,7 @@ pub async fn connect(plan: &Plan) -> Result<Vec<KvClient>, BenchError> {
             Some(GetOptions::new().with_serializable()),
         );
         match tokio::time::timeout(plan.timeout, probe).await {
-            Ok(Ok(_)) => conns.push(kv),
+            Ok(Ok(_)) => conns.push(client),
             Ok(Err(source)) => return Err(BenchError::Connect { endpoints, source }),
             Err(_) => {
                 return Err(BenchError::Setup(format!(
@@ -308,4 +329,12 @@ pub async fn connect(plan: &Plan) -> Result<Vec<KvClient>, BenchError> {
         }
     }
     Ok(conns)
+}
+
+/// A key prefix no earlier run used: `concord-bench/<kind>/<unix time in ns>-<pid>/`.
+pub fn unique_prefix(kind: &str) -> Vec<u8> {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("concord-bench/{kind}/{nanos}-{}/", std::process::id()).into_bytes()
 }

@@ -9,18 +9,26 @@
 //! - a request that fails a stateful check (a compacted revision, an unknown lease) changes nothing
 //!   but the applied index, and every replica answers it with the same error; a transaction that
 //!   fails after it began writing is rolled back (`WriteTxn::rollback`), never half applied;
-//! - a non-deterministic failure (sled I/O) is returned as an error that stops the node loop.
+//! - a non-deterministic failure (sled I/O) is returned as an error that stops the node loop;
+//! - lease attachments follow the changes of each entry before the next entry is applied (a put
+//!   attaches its key, a delete detaches it), so a later entry of the same batch sees them.
+//!
+//! Every batch yields its events (the changes, in revision order) for the watch hub.
 
 use std::sync::Arc;
 
-use concord_proto::etcdserverpb::{CompactionResponse, ResponseHeader};
+use concord_proto::etcdserverpb::{
+    CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse, ResponseHeader,
+};
+use concord_proto::mvccpb::Event;
 use prost::Message;
 use raft::eraftpb::{Entry, EntryType};
 
 use crate::error::{Error, Result};
-use crate::mvcc::KvStore;
+use crate::lease::Lessor;
 use crate::mvcc::store::WriteBatch;
-use crate::mvcc::txn::{self, NoLeases};
+use crate::mvcc::txn;
+use crate::mvcc::{KvStore, Rev};
 use crate::raft::proposal::{Command, Proposal, Response};
 
 /// The outcome of one applied entry that a caller may be waiting for.
@@ -32,15 +40,31 @@ pub struct Applied {
     pub result: Result<Response>,
 }
 
-/// Applies entries to the store. The applied index is the store's own (`KvStore::applied`), kept
-/// with the state it describes.
+/// What one batch of entries did.
+#[derive(Default)]
+pub struct Outcome {
+    /// The results callers may be waiting for.
+    pub answers: Vec<Applied>,
+    /// Every change, in revision order (for watchers).
+    pub events: Vec<Event>,
+    /// The store's revision after the batch.
+    pub revision: Rev,
+}
+
+/// Applies entries to the store and the lease table. The applied index is the store's own
+/// (`KvStore::applied`), kept with the state it describes.
 pub struct StateMachine {
     kv: Arc<KvStore>,
+    lessor: Arc<Lessor>,
 }
 
 impl StateMachine {
-    pub fn open(kv: Arc<KvStore>) -> Self {
-        StateMachine { kv }
+    pub fn open(kv: Arc<KvStore>, lessor: Arc<Lessor>) -> Self {
+        StateMachine { kv, lessor }
+    }
+
+    pub fn lessor(&self) -> &Arc<Lessor> {
+        &self.lessor
     }
 
     /// The index of the last applied entry.
@@ -54,9 +78,9 @@ impl StateMachine {
 
     /// Applies a run of committed entries in one [`WriteBatch`]: one exclusive section for readers.
     /// The changes reach sled later, in one atomic batch with the applied index
-    /// ([`KvStore::write_back`]). Returns the results callers may be waiting for; they are readable
-    /// once this returns.
-    pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<Applied>> {
+    /// ([`KvStore::write_back`]). Returns the results callers may be waiting for (readable once
+    /// this returns) and the batch's events.
+    pub fn apply(&mut self, entries: &[Entry]) -> Result<Outcome> {
         let mut out = Vec::new();
         let mut applied = self.applied();
         let mut batch = self.kv.write();
@@ -74,7 +98,9 @@ impl StateMachine {
                 EntryType::EntryNormal if entry.data.is_empty() => {}
                 EntryType::EntryNormal => {
                     let proposal = Proposal::decode(&entry.data[..])?;
-                    let result = execute(&mut batch, proposal.command)?;
+                    let events_start = batch.events().len();
+                    let result = execute(&mut batch, &self.lessor, proposal.command)?;
+                    self.lessor.apply_events(&batch.events()[events_start..]);
                     out.push(Applied {
                         id: proposal.id,
                         origin: proposal.origin,
@@ -90,35 +116,62 @@ impl StateMachine {
             }
             applied = entry.index;
         }
-        batch.finish(applied);
-        Ok(out)
+        let (revision, events) = batch.finish(applied);
+        Ok(Outcome {
+            answers: out,
+            events,
+            revision,
+        })
     }
 }
 
 /// Runs one command. The outer `Result` is a local failure that must stop the node; the inner one is
 /// the (deterministic) answer to the client.
-fn execute(batch: &mut WriteBatch<'_>, command: Option<Command>) -> Result<Result<Response>> {
+fn execute(
+    batch: &mut WriteBatch<'_>,
+    lessor: &Lessor,
+    command: Option<Command>,
+) -> Result<Result<Response>> {
     let Some(command) = command else {
         return Err(Error::Corrupt("proposal without a command".into()));
     };
     let result = match command {
         Command::Compact(c) => batch.compact(c.revision).map(|revision| {
             Response::Compact(CompactionResponse {
-                header: Some(ResponseHeader {
-                    revision,
-                    ..Default::default()
-                }),
+                header: header(revision),
             })
         }),
+        Command::LeaseGrant(g) => lessor.apply_grant(batch, g.id, g.ttl).map(|()| {
+            Response::LeaseGrant(LeaseGrantResponse {
+                header: header(batch.revision()),
+                id: g.id,
+                ttl: g.ttl,
+                error: String::new(),
+            })
+        }),
+        Command::LeaseRevoke(r) => lessor.apply_revoke(batch, r.id).map(|revision| {
+            Response::LeaseRevoke(LeaseRevokeResponse {
+                header: header(revision),
+            })
+        }),
+        Command::LeaseCheckpoint(c) => {
+            let checkpoints: Vec<(i64, i64)> = c
+                .checkpoints
+                .iter()
+                .map(|c| (c.id, c.remaining_ttl))
+                .collect();
+            lessor.apply_checkpoints(batch, &checkpoints);
+            Ok(Response::LeaseCheckpoint)
+        }
         command => {
             let mut w = batch.txn();
             let result = match command {
-                Command::Put(p) => txn::check_put_state(&w, &p, &NoLeases)
+                Command::Put(p) => txn::check_put_state(&w, &p, lessor)
                     .and_then(|()| txn::put(&mut w, &p))
                     .map(Response::Put),
                 Command::DeleteRange(d) => txn::delete_range(&mut w, &d).map(Response::DeleteRange),
-                Command::Txn(t) => txn::txn_write(&mut w, &t, &NoLeases).map(Response::Txn),
-                Command::Compact(_) => unreachable!("matched above"),
+                Command::Txn(t) => txn::txn_write(&mut w, &t, lessor).map(Response::Txn),
+                _ => unreachable!("matched above"),
             };
             if result.is_err() {
                 // The stateful checks run before any write, but one case gets past them (as in
@@ -133,6 +186,13 @@ fn execute(batch: &mut WriteBatch<'_>, command: Option<Command>) -> Result<Resul
         Err(e) if !e.is_deterministic() => Err(e),
         result => Ok(result),
     }
+}
+
+fn header(revision: Rev) -> Option<ResponseHeader> {
+    Some(ResponseHeader {
+        revision,
+        ..Default::default()
+    })
 }
 
 #[cfg(test)]
@@ -167,7 +227,9 @@ mod tests {
 
     fn open(db: &sled::Db) -> StateMachine {
         let state = db.open_tree("state").unwrap();
-        StateMachine::open(Arc::new(KvStore::open(state).unwrap()))
+        let kv = Arc::new(KvStore::open(state).unwrap());
+        let lessor = Arc::new(Lessor::open(&kv, 2).unwrap());
+        StateMachine::open(kv, lessor)
     }
 
     #[test]
@@ -186,7 +248,10 @@ mod tests {
             "one revision per entry of the batch"
         );
         assert!(
-            sm.apply(&[entry(2, put("b", 0))]).unwrap().is_empty(),
+            sm.apply(&[entry(2, put("b", 0))])
+                .unwrap()
+                .answers
+                .is_empty(),
             "an applied entry is skipped"
         );
         assert_eq!(sm.kv().current_revision(), 3, "and not applied twice");
@@ -230,7 +295,8 @@ mod tests {
                     }),
                 ),
             ])
-            .unwrap();
+            .unwrap()
+            .answers;
         assert_eq!(out[0].result, Err(Error::LeaseNotFound));
         assert_eq!(out[1].result, Err(Error::FutureRevision));
         assert_eq!(sm.applied(), 2);
@@ -266,7 +332,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let out = sm.apply(&[entry(2, Command::Txn(txn))]).unwrap();
+        let out = sm.apply(&[entry(2, Command::Txn(txn))]).unwrap().answers;
         assert_eq!(out[0].result, Err(Error::KeyNotFound));
         assert_eq!(sm.kv().current_revision(), 2, "no revision taken");
         sm.apply(&[entry(3, put("a", 0))]).unwrap();

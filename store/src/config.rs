@@ -101,6 +101,22 @@ pub struct Flags {
     /// Maximum number of operations permitted in a transaction.
     #[arg(long, env = "CONCORD_MAX_TXN_OPS", default_value_t = 128)]
     pub max_txn_ops: usize,
+    /// Interval of the progress notifications of watchers that asked for them (e.g. 10m, 5s).
+    #[arg(
+        long,
+        env = "CONCORD_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = humantime::parse_duration
+    )]
+    pub experimental_watch_progress_notify_interval: Duration,
+    /// Interval between checkpoints of the remaining TTL of leases (e.g. 5m).
+    #[arg(
+        long,
+        env = "CONCORD_EXPERIMENTAL_LEASE_CHECKPOINT_INTERVAL",
+        default_value = "5m",
+        value_parser = humantime::parse_duration
+    )]
+    pub experimental_lease_checkpoint_interval: Duration,
     /// Log level: debug, info, warn or error.
     #[arg(long, env = "CONCORD_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -140,6 +156,10 @@ pub struct ServerConfig {
     pub max_request_bytes: usize,
     /// Most operations in one transaction.
     pub max_txn_ops: usize,
+    /// Interval of watch progress notifications.
+    pub watch_progress_notify_interval: Duration,
+    /// Interval between lease TTL checkpoints (see `lease`).
+    pub lease_checkpoint_interval: Duration,
 }
 
 impl ServerConfig {
@@ -160,6 +180,8 @@ impl ServerConfig {
             election_timeout: Duration::from_millis(1000),
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
+            watch_progress_notify_interval: Duration::from_secs(600),
+            lease_checkpoint_interval: Duration::from_secs(300),
         }
     }
 
@@ -183,6 +205,12 @@ impl ServerConfig {
     /// The request timeout, as etcd computes it: 5 s plus two election timeouts.
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(5) + 2 * self.election_timeout
+    }
+
+    /// The smallest lease TTL, in seconds: 1.5 election timeouts, rounded up (etcd's rule).
+    pub fn min_lease_ttl(&self) -> i64 {
+        let min = self.heartbeat_interval * ((3 * self.election_ticks() / 2) as u32);
+        min.as_secs() as i64 + i64::from(min.subsec_nanos() > 0)
     }
 
     /// Election timeout in heartbeat ticks.
@@ -282,6 +310,15 @@ impl Flags {
                 "--election-timeout must be at least 5 times --heartbeat-interval (and both above 0)".into(),
             ));
         }
+        if self.experimental_watch_progress_notify_interval.is_zero()
+            || self.experimental_lease_checkpoint_interval.is_zero()
+        {
+            return Err(Error::Config(
+                "--experimental-watch-progress-notify-interval and \
+                 --experimental-lease-checkpoint-interval must be above 0"
+                    .into(),
+            ));
+        }
         if self.max_txn_ops == 0 || self.max_request_bytes == 0 || self.snapshot_count == 0 {
             return Err(Error::Config(
                 "--max-txn-ops, --max-request-bytes and --snapshot-count must be above 0".into(),
@@ -301,6 +338,8 @@ impl Flags {
             election_timeout: Duration::from_millis(self.election_timeout),
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
+            lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
         })
     }
 }

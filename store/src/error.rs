@@ -51,6 +51,10 @@ pub enum Error {
     // --- Leases ---
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
 
     // --- Raft and server state ---
     #[error("etcdserver: no leader")]
@@ -96,8 +100,9 @@ impl Error {
             | Error::InvalidSortOption
             | Error::RequestTooLarge
             | Error::Config(_) => Code::InvalidArgument,
-            Error::Compacted | Error::FutureRevision => Code::OutOfRange,
+            Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
+            Error::LeaseExists => Code::FailedPrecondition,
             Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
             Error::Storage(_)
             | Error::Raft(_)

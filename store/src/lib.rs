@@ -22,10 +22,12 @@
 pub mod apply;
 pub mod config;
 pub mod error;
+pub mod lease;
 pub mod mvcc;
 pub mod raft;
 pub mod server;
 pub mod service;
+pub mod watch;
 
 pub use config::{Flags, ServerConfig};
 pub use error::{Error, Result};

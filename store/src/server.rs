@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use concord_proto::etcdserverpb::kv_server::KvServer;
+use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use concord_proto::etcdserverpb::watch_server::WatchServer;
 use raft::eraftpb::ConfState;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -19,10 +21,14 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::apply::StateMachine;
 use crate::config::{CONCORD_VERSION, ServerConfig};
 use crate::error::{Error, Result};
+use crate::lease::{Lessor, keeper};
 use crate::mvcc::KvStore;
 use crate::raft::node::{Node, NodeConfig, NodeHandle};
 use crate::raft::storage::RaftStorage;
-use crate::service::{Core, kv::KvService, maintenance::MaintenanceService};
+use crate::service::{
+    Core, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService,
+};
+use crate::watch::{Hub, threads};
 
 /// State tree key of the member and cluster ids chosen at first start.
 const KEY_IDENTITY: &[u8] = b"m/identity";
@@ -42,6 +48,12 @@ pub struct Server {
     listeners: Vec<tokio::task::JoinHandle<Result<()>>>,
     /// The node loop's thread; its result says whether it stopped cleanly.
     node_thread: Option<JoinHandle<Result<()>>>,
+    /// The watch hub's threads.
+    watch_threads: threads::Threads,
+    /// The watch hub (for [`Server::watchers`]).
+    hub: Arc<Hub>,
+    /// The lease keeper task (see `lease::keeper`).
+    keeper: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -51,7 +63,11 @@ impl Server {
         let state = db.open_tree("state")?;
         let (member_id, cluster_id) = identity(&state, &config)?;
         let kv = Arc::new(KvStore::open(state.clone())?);
-        let sm = StateMachine::open(kv.clone());
+        let lessor = Arc::new(Lessor::open(&kv, config.min_lease_ttl())?);
+        let sm = StateMachine::open(kv.clone(), lessor.clone());
+        let hub = Arc::new(Hub::new(kv.clone()));
+        let (events, watch_threads) =
+            threads::start(hub.clone(), config.watch_progress_notify_interval)?;
         let bootstrap = ConfState {
             voters: vec![member_id],
             ..Default::default()
@@ -66,12 +82,13 @@ impl Server {
             snapshot_count: config.snapshot_count,
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let (node, handle) = Node::new(node_config, storage, sm, db.clone(), &logger)?;
+        let (node, handle) = Node::new(node_config, storage, sm, db.clone(), events, &logger)?;
         let node_thread = std::thread::Builder::new()
             .name("concord-raft".into())
             .spawn(move || node.run())
             .map_err(|e| Error::Network(format!("cannot start the raft thread: {e}")))?;
 
+        let (stop_tx, stop_rx) = watch::channel(false);
         let core = Arc::new(Core {
             kv,
             node: handle.clone(),
@@ -80,8 +97,17 @@ impl Server {
             cluster_id,
             max_request_bytes: config.max_request_bytes,
             max_txn_ops: config.max_txn_ops,
+            lessor: lessor.clone(),
+            hub: hub.clone(),
+            election_timeout: config.election_timeout,
+            stop: stop_rx.clone(),
         });
-        let (stop_tx, stop_rx) = watch::channel(false);
+        let keeper = tokio::spawn(keeper::run(
+            lessor,
+            handle.clone(),
+            config.lease_checkpoint_interval,
+            stop_rx.clone(),
+        ));
         let mut client_addrs = Vec::new();
         let mut listeners = Vec::new();
         for addr in &config.listen_client {
@@ -109,6 +135,9 @@ impl Server {
             stop_tx,
             listeners,
             node_thread: Some(node_thread),
+            watch_threads,
+            hub,
+            keeper: Some(keeper),
         })
     }
 
@@ -127,6 +156,11 @@ impl Server {
         self.node.status()
     }
 
+    /// How many watchers are open, and how many of them are catching up from history.
+    pub fn watchers(&self) -> (usize, usize) {
+        self.hub.counts()
+    }
+
     /// Waits until the node loop stops by itself (a fatal storage error); returns its error.
     pub async fn stopped(&mut self) -> Result<()> {
         let thread = self.node_thread.take().expect("stopped() is called once");
@@ -135,15 +169,23 @@ impl Server {
 
     /// Stops serving, then stops the node loop (which flushes everything).
     pub async fn shutdown(mut self) -> Result<()> {
+        // Also ends the watch and keepalive streams (their readers watch the same signal), without
+        // which the listeners would wait for clients to hang up.
         let _ = self.stop_tx.send(true);
         for listener in self.listeners.drain(..) {
             let _ = listener.await;
         }
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.await;
+        }
         self.node.shutdown();
-        match self.node_thread.take() {
+        let result = match self.node_thread.take() {
             Some(thread) => join_node(thread).await,
             None => Ok(()),
-        }
+        };
+        // Quick: the node loop is gone, so the dispatcher's channel is closed.
+        self.watch_threads.stop();
+        result
     }
 }
 
@@ -208,7 +250,13 @@ async fn serve(
     let kv = KvServer::new(KvService::new(core.clone()))
         .max_decoding_message_size(max_decode)
         .max_encoding_message_size(usize::MAX);
-    let maintenance = MaintenanceServer::new(MaintenanceService::new(core))
+    let maintenance = MaintenanceServer::new(MaintenanceService::new(core.clone()))
+        .max_decoding_message_size(max_decode)
+        .max_encoding_message_size(usize::MAX);
+    let watch = WatchServer::new(WatchService::new(core.clone()))
+        .max_decoding_message_size(max_decode)
+        .max_encoding_message_size(usize::MAX);
+    let lease = LeaseServer::new(LeaseService::new(core))
         .max_decoding_message_size(max_decode)
         .max_encoding_message_size(usize::MAX);
     // Small request/response pairs: never let Nagle's algorithm hold a reply back.
@@ -224,6 +272,8 @@ async fn serve(
         .layer(limits)
         .add_service(kv)
         .add_service(maintenance)
+        .add_service(watch)
+        .add_service(lease)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })

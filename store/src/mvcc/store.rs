@@ -21,11 +21,11 @@
 //! durably (`raft/node.rs`). etcd's backend works the same way (a bbolt transaction committed every
 //! 100 ms or 10,000 operations, with the consistent index inside it).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use concord_proto::mvccpb::KeyValue;
+use concord_proto::mvccpb::{Event, KeyValue, event::EventType};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use prost::Message;
 
@@ -98,6 +98,9 @@ struct IndexState {
     written: u64,
     /// Changes applied but not yet in sled (see the module doc).
     unwritten: HashMap<Revision, Unwritten>,
+    /// Records of other parts of the state machine (the lessor's leases), set (`Some`) or removed
+    /// (`None`) since the last write-back; they reach sled in the same atomic batch.
+    unwritten_meta: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 /// The MVCC key-value store.
@@ -122,6 +125,7 @@ impl KvStore {
             applied,
             written: applied,
             unwritten: HashMap::new(),
+            unwritten_meta: BTreeMap::new(),
         };
         for item in tree.scan_prefix([HISTORY_PREFIX]) {
             let (k, v) = item?;
@@ -162,7 +166,14 @@ impl KvStore {
         WriteBatch {
             state: self.state.write(),
             store: self,
+            events: Vec::new(),
         }
+    }
+
+    /// The sled tree the store lives in (other parts of the state machine keep their records
+    /// there, written through [`WriteBatch::set_meta`]).
+    pub fn tree(&self) -> &sled::Tree {
+        &self.tree
     }
 
     /// The current revision.
@@ -209,12 +220,19 @@ impl KvStore {
                 Unwritten::Removed => batch.remove(&rev.to_key()),
             }
         }
+        for (key, value) in &state.unwritten_meta {
+            match value {
+                Some(value) => batch.insert(key.as_slice(), value.as_slice()),
+                None => batch.remove(key.as_slice()),
+            }
+        }
         batch.insert(META_REV, &state.current.to_be_bytes());
         batch.insert(META_COMPACT, &state.compacted.to_be_bytes());
         batch.insert(META_APPLIED, &(state.applied as i64).to_be_bytes());
         self.tree.apply_batch(batch)?;
         let mut state = RwLockUpgradableReadGuard::upgrade(state);
         state.unwritten.clear();
+        state.unwritten_meta.clear();
         state.written = state.applied;
         Ok(state.current)
     }
@@ -268,6 +286,94 @@ impl KvStore {
             hasher.update(&v);
         }
         Ok(hasher.finalize())
+    }
+}
+
+/// A stretch of history, for watchers catching up (see [`KvStore::history`]).
+#[derive(Debug, Default, PartialEq)]
+pub struct History {
+    /// Every change of the revisions covered, in revision order.
+    pub events: Vec<Event>,
+    /// The revisions up to this one are covered whole.
+    pub through: Rev,
+}
+
+impl KvStore {
+    /// The changes of revisions `from` and later, in revision order: about `max_events` of them,
+    /// always whole revisions (one revision larger than that comes whole). Fails with
+    /// [`Error::Compacted`] when `from` is below the compact revision (etcd's rule for watchers).
+    /// Holds the read lock while it reads, so the bound keeps the apply loop's wait short.
+    pub fn history(&self, from: Rev, max_events: usize) -> Result<History> {
+        let state = self.state.read();
+        if from < state.compacted {
+            return Err(Error::Compacted);
+        }
+        let mut history = History {
+            events: Vec::new(),
+            through: state.current,
+        };
+        if from > state.current {
+            return Ok(history);
+        }
+        let mut last = from - 1;
+        // sled holds the records up to the last write-back; the newer ones are in memory.
+        let lower = Revision::new(from, 0).to_key();
+        let upper = Revision::new(state.current + 1, 0).to_key();
+        for item in self.tree.range(lower..upper) {
+            let (k, v) = item?;
+            let rev =
+                Revision::from_key(&k).ok_or_else(|| Error::Corrupt("bad history key".into()))?;
+            if state.unwritten.contains_key(&rev) {
+                continue; // removed by a compaction not yet written back
+            }
+            if history.events.len() >= max_events && rev.main != last {
+                history.through = last;
+                return Ok(history);
+            }
+            let (tombstone, kv) = decode_record(&v)?;
+            let tag = if tombstone { TAG_TOMBSTONE } else { TAG_PUT };
+            history.events.push(event(tag, kv));
+            last = rev.main;
+        }
+        let mut newer: Vec<(&Revision, u8, &KeyValue)> = state
+            .unwritten
+            .iter()
+            .filter_map(|(rev, change)| match change {
+                Unwritten::Record(tag, kv) if rev.main >= from => Some((rev, *tag, kv)),
+                _ => None,
+            })
+            .collect();
+        newer.sort_by_key(|(rev, _, _)| **rev);
+        for (rev, tag, kv) in newer {
+            if history.events.len() >= max_events && rev.main != last {
+                history.through = last;
+                return Ok(history);
+            }
+            history.events.push(event(tag, kv.clone()));
+            last = rev.main;
+        }
+        Ok(history)
+    }
+
+    /// Every live key attached to a lease, with its lease (the lessor rebuilds its table from
+    /// this at start).
+    pub fn leased_keys(&self) -> Result<Vec<(Vec<u8>, i64)>> {
+        let state = self.state.read();
+        let mut revs = Vec::new();
+        state
+            .index
+            .range(KeyRange::new(b"", b"\0"), state.current, |_, rev| {
+                revs.push(rev);
+                true
+            });
+        let mut out = Vec::new();
+        for rev in revs {
+            let kv = self.fetch(&state, rev)?;
+            if kv.lease != 0 {
+                out.push((kv.key, kv.lease));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -359,18 +465,39 @@ fn range_keys(
 pub struct WriteBatch<'a> {
     state: RwLockWriteGuard<'a, IndexState>,
     store: &'a KvStore,
+    /// Every change of the batch's committed transactions, in revision order: what watchers are
+    /// told once the batch ends.
+    events: Vec<Event>,
 }
 
 impl<'a> WriteBatch<'a> {
     /// Starts the transaction of one entry.
     pub fn txn(&mut self) -> WriteTxn<'_, 'a> {
         let begin = self.state.current;
+        let events_start = self.events.len();
         WriteTxn {
             batch: self,
             begin,
             changes: 0,
             undo: Vec::new(),
+            events_start,
         }
+    }
+
+    /// The current revision: after the batch's transactions so far.
+    pub fn revision(&self) -> Rev {
+        self.state.current
+    }
+
+    /// The events of the batch so far (see the field's doc).
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Sets (`Some`) or removes (`None`) a record of another part of the state machine; it
+    /// reaches sled in the same atomic batch as the applied index that covers it.
+    pub fn set_meta(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.state.unwritten_meta.insert(key, value);
     }
 
     /// Compacts history below `rev` (see `key_index.rs`): forgets every record no read at `rev` or
@@ -389,14 +516,15 @@ impl<'a> WriteBatch<'a> {
         Ok(self.state.current)
     }
 
-    /// Ends the batch: everything up to Raft index `applied` is applied. Returns the revision.
-    pub fn finish(mut self, applied: u64) -> Rev {
+    /// Ends the batch: everything up to Raft index `applied` is applied. Returns the revision and
+    /// the batch's events.
+    pub fn finish(mut self, applied: u64) -> (Rev, Vec<Event>) {
         assert!(
             applied >= self.state.applied,
             "the applied index never goes back"
         );
         self.state.applied = applied;
-        self.state.current
+        (self.state.current, std::mem::take(&mut self.events))
     }
 }
 
@@ -410,6 +538,8 @@ pub struct WriteTxn<'b, 'a> {
     changes: i64,
     /// The key and revision of every change, to take them back if the transaction fails.
     undo: Vec<(Vec<u8>, Revision)>,
+    /// Where this transaction's events begin in the batch's.
+    events_start: usize,
 }
 
 impl WriteTxn<'_, '_> {
@@ -452,6 +582,7 @@ impl WriteTxn<'_, '_> {
 
     fn record(&mut self, rev: Revision, tag: u8, kv: KeyValue) {
         self.undo.push((kv.key.clone(), rev));
+        self.batch.events.push(event(tag, kv.clone()));
         self.batch
             .state
             .unwritten
@@ -467,6 +598,7 @@ impl WriteTxn<'_, '_> {
             self.batch.state.index.undo(&key, rev);
             self.batch.state.unwritten.remove(&rev);
         }
+        self.batch.events.truncate(self.events_start);
         self.changes = 0;
     }
 
@@ -506,6 +638,21 @@ impl View for WriteTxn<'_, '_> {
     }
 }
 
+/// The watch event of a history record: a put carries the whole key-value, a delete the key and
+/// its revision (as in etcd).
+fn event(tag: u8, kv: KeyValue) -> Event {
+    let kind = if tag == TAG_TOMBSTONE {
+        EventType::Delete
+    } else {
+        EventType::Put
+    };
+    Event {
+        r#type: kind as i32,
+        kv: Some(kv),
+        prev_kv: None,
+    }
+}
+
 fn encode_record(tag: u8, kv: &KeyValue) -> Vec<u8> {
     let mut buf = Vec::with_capacity(1 + kv.encoded_len());
     buf.push(tag);
@@ -542,7 +689,7 @@ mod tests {
     fn commit(batch: WriteBatch<'_>) -> Rev {
         let store = batch.store;
         let applied = batch.state.applied + 1;
-        let rev = batch.finish(applied);
+        let (rev, _) = batch.finish(applied);
         store.write_back().unwrap();
         rev
     }

@@ -38,8 +38,8 @@ pub trait Leases {
     fn exists(&self, id: i64) -> bool;
 }
 
-/// The lease table while none can exist: leases arrive in a later issue, so until then every put
-/// naming one fails with "requested lease not found". Read-only transactions never consult it.
+/// A lease table with no leases: what read-only transactions pass (they have no puts, so they
+/// never consult it) and what tests use. The real table is `lease::Lessor`.
 pub struct NoLeases;
 
 impl Leases for NoLeases {

@@ -15,6 +15,10 @@
 //!    when due; publish the status.
 //! 4. write applied changes back to sled when the backend batch is due (`mvcc/store.rs`).
 //!
+//! After each apply the batch's events go to the watch hub's dispatcher (`watch`), which never
+//! makes the loop wait. A change of leadership promotes or demotes the lessor (`lease`): only the
+//! leader keeps lease deadlines.
+//!
 //! Replies are sent right after their entry is applied: an entry is committed only once it is
 //! durable in the log (flushed), so an acknowledged write survives a crash — a restart re-applies
 //! entries after the stored applied index.
@@ -44,6 +48,7 @@ use super::storage::RaftStorage;
 use crate::apply::StateMachine;
 use crate::error::{Error, Result};
 use crate::mvcc::store::{BACKEND_BATCH_INTERVAL, BACKEND_BATCH_LIMIT};
+use crate::watch::threads::EventSink;
 
 /// A turn of the loop slower than this is logged (it delays every waiting caller).
 const SLOW_TURN: Duration = Duration::from_millis(100);
@@ -171,6 +176,8 @@ pub struct Node {
     last_write_back: Instant,
     /// Where the current turn's time went (reported with slow turns).
     timings: TurnTimings,
+    /// Where applied events go: the watch hub's dispatcher.
+    events: EventSink,
 }
 
 impl Node {
@@ -180,6 +187,7 @@ impl Node {
         storage: RaftStorage,
         sm: StateMachine,
         db: sled::Db,
+        events: EventSink,
         logger: &slog::Logger,
     ) -> Result<(Node, NodeHandle)> {
         let applied = sm.applied();
@@ -201,6 +209,11 @@ impl Node {
         if single {
             // A one-member group need not wait an election timeout to elect itself.
             raw.campaign()?;
+            if raw.raft.state == StateRole::Leader {
+                // Before the first Ready: keepalives may arrive as soon as the server listens.
+                let election = config.tick * config.election_ticks as u32;
+                sm.lessor().promote(election);
+            }
         }
         let (tx, rx) = crossbeam_channel::unbounded();
         let status = Arc::new(NodeStatus::default());
@@ -222,6 +235,7 @@ impl Node {
             durable_applied: applied,
             last_write_back: Instant::now(),
             timings: TurnTimings::default(),
+            events,
         };
         node.publish_status();
         Ok((node, handle))
@@ -454,12 +468,13 @@ impl Node {
             return Ok(());
         }
         let started = Instant::now();
-        let answers = self.sm.apply(&entries)?;
+        let outcome = self.sm.apply(&entries)?;
         self.timings.apply += started.elapsed();
         self.status
             .applied
             .store(self.sm.applied(), Ordering::Relaxed);
-        for out in answers {
+        self.events.publish(outcome.events, outcome.revision);
+        for out in outcome.answers {
             if out.origin == self.config.id {
                 self.waiters.answer(out.id, out.result);
             }
@@ -476,6 +491,13 @@ impl Node {
         );
         if leader == raft::INVALID_ID {
             self.fail_reads(Error::NoLeader);
+        }
+        // Only the leader expires leases; a new one restarts every deadline (see `lease`).
+        if role == StateRole::Leader {
+            let election = self.config.tick * self.config.election_ticks as u32;
+            self.sm.lessor().promote(election);
+        } else {
+            self.sm.lessor().demote();
         }
     }
 

@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use concord_proto::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
     PutResponse, TxnRequest, TxnResponse,
 };
 use tokio::sync::oneshot;
@@ -27,7 +28,7 @@ pub struct Proposal {
     #[prost(uint64, tag = "2")]
     pub origin: u64,
     /// The request to apply.
-    #[prost(oneof = "Command", tags = "3, 4, 5, 6")]
+    #[prost(oneof = "Command", tags = "3, 4, 5, 6, 7, 8, 9")]
     pub command: Option<Command>,
 }
 
@@ -42,6 +43,30 @@ pub enum Command {
     Txn(TxnRequest),
     #[prost(message, tag = "6")]
     Compact(CompactionRequest),
+    /// The id is never 0 (the proposer picks one) and the TTL is already raised to the minimum.
+    #[prost(message, tag = "7")]
+    LeaseGrant(LeaseGrantRequest),
+    #[prost(message, tag = "8")]
+    LeaseRevoke(LeaseRevokeRequest),
+    /// The leader's record of remaining TTLs (see `lease`).
+    #[prost(message, tag = "9")]
+    LeaseCheckpoint(LeaseCheckpoints),
+}
+
+/// Remaining TTLs to remember, so that a new leader does not restart leases from their full TTL.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpoints {
+    #[prost(message, repeated, tag = "1")]
+    pub checkpoints: Vec<LeaseCheckpoint>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LeaseCheckpoint {
+    #[prost(int64, tag = "1")]
+    pub id: i64,
+    /// Seconds; 0 = none (the full TTL).
+    #[prost(int64, tag = "2")]
+    pub remaining_ttl: i64,
 }
 
 /// The result of applying a [`Command`].
@@ -51,6 +76,9 @@ pub enum Response {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
+    LeaseCheckpoint,
 }
 
 /// Generates proposal ids: `start_millis << 22 | counter` (4M proposals per millisecond of uptime

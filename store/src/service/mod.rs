@@ -5,20 +5,25 @@
 //! `From<Error> for Status` (`error.rs`, the one place that knows etcd's codes and strings), and
 //! fill the response header. Nothing here holds state of its own.
 //!
-//! Services not served yet answer gRPC `Unimplemented`: Watch and Lease (the next issue), Cluster
-//! (replication), Auth, Lock and Election (later issues).
+//! Services not served yet answer gRPC `Unimplemented`: Cluster (replication), Auth, Lock and
+//! Election (later issues).
 
 pub mod kv;
+pub mod lease;
 pub mod limits;
 pub mod maintenance;
+pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use concord_proto::etcdserverpb::ResponseHeader;
 
+use crate::lease::Lessor;
 use crate::mvcc::KvStore;
 use crate::raft::node::NodeHandle;
+use crate::watch::Hub;
 
 /// What every adapter needs: the store, the node loop, the identity and the limits.
 pub struct Core {
@@ -34,6 +39,14 @@ pub struct Core {
     pub max_request_bytes: usize,
     /// `--max-txn-ops`.
     pub max_txn_ops: usize,
+    /// The lease table, for keepalives and TimeToLive.
+    pub lessor: Arc<Lessor>,
+    /// The watch hub, for Watch streams.
+    pub hub: Arc<Hub>,
+    /// `--election-timeout`: how often watch streams opened with `hasleader` check for a leader.
+    pub election_timeout: Duration,
+    /// Turns true when the server shuts down: long-lived streams end then.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Core {
