@@ -172,14 +172,15 @@ async fn leases_and_their_keys_survive_a_restart_without_being_cut_short() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // About 28 s are left now.
     server.shutdown().await.unwrap();
 
     let (server, mut c) = start(config).await;
     let (left, granted, keys) = ttl(&mut c, lease).await;
     assert_eq!((granted, keys), (30, vec!["k".to_string()]));
     assert!(
-        left >= 30,
-        "a restart grants the whole TTL again plus an election timeout: {left}"
+        left >= 28,
+        "a restart grants at least what was left, plus an election timeout: {left}"
     );
     let kv = c.get("k", Some(GetOptions::new())).await.unwrap();
     assert_eq!(kv.kvs()[0].lease(), lease);

@@ -23,6 +23,8 @@ use crate::error::{Error, Result};
 
 /// The etcd API version Concord reports in Status: clients gate features on it.
 pub const ETCD_API_VERSION: &str = "3.5.0";
+/// Deliveries a watch stream's channel holds by default.
+pub const WATCH_STREAM_BUFFER: usize = 1024;
 /// Concord's own version.
 pub const CONCORD_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -160,6 +162,9 @@ pub struct ServerConfig {
     pub watch_progress_notify_interval: Duration,
     /// Interval between lease TTL checkpoints (see `lease`).
     pub lease_checkpoint_interval: Duration,
+    /// Deliveries a watch stream's channel holds before its watchers fall behind (not a flag:
+    /// tests make it small to exercise catching up).
+    pub watch_stream_buffer: usize,
 }
 
 impl ServerConfig {
@@ -182,6 +187,7 @@ impl ServerConfig {
             max_txn_ops: 128,
             watch_progress_notify_interval: Duration::from_secs(600),
             lease_checkpoint_interval: Duration::from_secs(300),
+            watch_stream_buffer: WATCH_STREAM_BUFFER,
         }
     }
 
@@ -340,6 +346,7 @@ impl Flags {
             max_txn_ops: self.max_txn_ops,
             watch_progress_notify_interval: self.experimental_watch_progress_notify_interval,
             lease_checkpoint_interval: self.experimental_lease_checkpoint_interval,
+            watch_stream_buffer: WATCH_STREAM_BUFFER,
         })
     }
 }

@@ -101,11 +101,16 @@ impl Server {
             hub: hub.clone(),
             election_timeout: config.election_timeout,
             stop: stop_rx.clone(),
+            watch_stream_buffer: config.watch_stream_buffer.max(1),
         });
+        let keeper_config = keeper::KeeperConfig {
+            checkpoint_interval: config.lease_checkpoint_interval,
+            election_timeout: config.election_timeout,
+        };
         let keeper = tokio::spawn(keeper::run(
             lessor,
             handle.clone(),
-            config.lease_checkpoint_interval,
+            keeper_config,
             stop_rx.clone(),
         ));
         let mut client_addrs = Vec::new();

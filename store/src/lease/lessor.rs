@@ -56,6 +56,9 @@ struct Lease {
     deadline: Option<Instant>,
     /// A revoke was proposed for it and has not failed: the keeper does not propose another.
     revoking: bool,
+    /// Keepalives so far (leader-local): tells the keeper whether a checkpoint it computed went
+    /// stale before it was applied.
+    renewals: u64,
 }
 
 impl Lease {
@@ -67,6 +70,16 @@ impl Lease {
             self.ttl
         }
     }
+}
+
+/// A remaining TTL the leader may checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub id: LeaseId,
+    /// Seconds, rounded up.
+    pub remaining: i64,
+    /// The lease's keepalive count when this was computed.
+    pub renewals: u64,
 }
 
 /// What a TimeToLive request learns about a lease.
@@ -156,6 +169,7 @@ impl Lessor {
                     keys: BTreeSet::new(),
                     deadline: None,
                     revoking: false,
+                    renewals: 0,
                 },
             );
         }
@@ -204,6 +218,7 @@ impl Lessor {
                 keys: BTreeSet::new(),
                 deadline: None,
                 revoking: false,
+                renewals: 0,
             },
         );
         if state.primary.is_some() {
@@ -235,14 +250,24 @@ impl Lessor {
         Ok(batch.revision())
     }
 
-    /// Applies checkpoints of remaining TTLs (leases gone since are skipped).
+    /// Applies checkpoints of remaining TTLs (leases gone since are skipped). A reset (0) records
+    /// a keepalive: on the leader the deadline is then at least a full TTL away, which matters
+    /// when the reset is replayed from the log after a restart (the deadline set at promotion came
+    /// from the older checkpoint).
     pub fn apply_checkpoints(&self, batch: &mut WriteBatch<'_>, checkpoints: &[(LeaseId, i64)]) {
         let mut state = self.state.lock();
+        let primary = state.primary.is_some();
+        let now = Instant::now();
         for &(id, remaining) in checkpoints {
-            if let Some(lease) = state.leases.get_mut(&id) {
-                lease.remaining = remaining;
-                let ttl = lease.ttl;
-                batch.set_meta(lease_key(id), Some(record(id, ttl, remaining)));
+            let Some(lease) = state.leases.get_mut(&id) else {
+                continue;
+            };
+            lease.remaining = remaining;
+            let ttl = lease.ttl;
+            batch.set_meta(lease_key(id), Some(record(id, ttl, remaining)));
+            let renewed = now + secs(ttl);
+            if primary && remaining == 0 && lease.deadline.is_some_and(|d| d < renewed) {
+                state.set_deadline(id, renewed);
             }
         }
     }
@@ -316,6 +341,7 @@ impl Lessor {
         }
         let (ttl, checkpointed) = (lease.ttl, lease.remaining > 0);
         state.set_deadline(id, now + secs(ttl));
+        state.leases.get_mut(&id).expect("found above").renewals += 1;
         Ok((ttl, checkpointed))
     }
 
@@ -350,10 +376,11 @@ impl Lessor {
     }
 
     /// The remaining TTLs worth checkpointing now: every lease that has run down since its last
-    /// checkpoint, grant or renewal (whole seconds, rounded up).
-    pub fn checkpoints(&self, now: Instant) -> Vec<(LeaseId, i64)> {
+    /// checkpoint, grant or renewal (whole seconds, rounded up), each with its keepalive count
+    /// (for [`Lessor::renewed_since`]).
+    pub fn checkpoints(&self, now: Instant) -> Vec<Checkpoint> {
         let state = self.state.lock();
-        let mut out: Vec<(LeaseId, i64)> = state
+        let mut out: Vec<Checkpoint> = state
             .leases
             .iter()
             .filter_map(|(id, lease)| {
@@ -361,11 +388,32 @@ impl Lessor {
                 let remaining = left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0);
                 let remaining = remaining.max(1);
                 let current = lease.restart_ttl();
-                (remaining < current).then_some((*id, remaining))
+                (remaining < current).then_some(Checkpoint {
+                    id: *id,
+                    remaining,
+                    renewals: lease.renewals,
+                })
             })
             .collect();
-        out.sort_unstable();
+        out.sort_unstable_by_key(|c| c.id);
         out
+    }
+
+    /// The leases of `checkpoints` kept alive since they were computed: their checkpoint was
+    /// stale when applied, and must be reset (a keepalive that came before the checkpoint was
+    /// applied saw nothing to reset).
+    pub fn renewed_since(&self, checkpoints: &[Checkpoint]) -> Vec<LeaseId> {
+        let state = self.state.lock();
+        checkpoints
+            .iter()
+            .filter(|c| {
+                state
+                    .leases
+                    .get(&c.id)
+                    .is_some_and(|l| l.renewals != c.renewals && l.remaining > 0)
+            })
+            .map(|c| c.id)
+            .collect()
     }
 
     /// TimeToLive: `None` if the lease does not exist.
@@ -627,8 +675,10 @@ mod tests {
         lessor.promote(Duration::ZERO);
         let now = Instant::now();
         assert!(lessor.checkpoints(now).is_empty(), "nothing ran down yet");
-        let cps = lessor.checkpoints(now + Duration::from_millis(30_500));
+        let computed = lessor.checkpoints(now + Duration::from_millis(30_500));
+        let cps: Vec<(LeaseId, i64)> = computed.iter().map(|c| (c.id, c.remaining)).collect();
         assert_eq!(cps, vec![(1, 70)]);
+        assert!(lessor.renewed_since(&computed).is_empty());
         let applied = kv.applied() + 1;
         let mut batch = kv.write();
         lessor.apply_checkpoints(&mut batch, &cps);
@@ -637,6 +687,11 @@ mod tests {
             lessor.renew(1),
             Ok((100, true)),
             "renewal resets the checkpoint"
+        );
+        assert_eq!(
+            lessor.renewed_since(&computed),
+            vec![1],
+            "a checkpoint computed before a keepalive is stale once applied"
         );
         lessor.demote();
         lessor.promote(Duration::ZERO);

@@ -37,6 +37,8 @@ use crate::error::{Error, Result};
 const META_REV: &[u8] = b"m/rev";
 /// Meta key: the revision of the last compaction.
 const META_COMPACT: &[u8] = b"m/compact";
+/// Meta key: the first revision whose changes history still holds whole (see `history_from`).
+const META_HISTORY_FROM: &[u8] = b"m/history-from";
 /// Meta key: the Raft index of the last entry whose changes sled holds.
 pub const META_APPLIED: &[u8] = b"m/applied";
 
@@ -92,6 +94,11 @@ struct IndexState {
     /// History below this revision is gone; -1 if never compacted (as in etcd, so that a first
     /// compaction at revision 0 is accepted).
     compacted: Rev,
+    /// The first revision whose every change history still holds: the compact revision, or the
+    /// one after it when the compaction dropped a delete made at exactly that revision (a
+    /// tombstone is forgotten with its key). Watchers may start here and miss nothing; etcd
+    /// lets them start at the compact revision and silently skip such a delete.
+    history_from: Rev,
     /// The Raft index of the last applied entry.
     applied: u64,
     /// The applied index that sled holds (≤ `applied`).
@@ -122,6 +129,7 @@ impl KvStore {
             index: TreeIndex::default(),
             current: read_i64(&tree, META_REV)?.unwrap_or(1),
             compacted: read_i64(&tree, META_COMPACT)?.unwrap_or(NEVER_COMPACTED),
+            history_from: read_i64(&tree, META_HISTORY_FROM)?.unwrap_or(NEVER_COMPACTED),
             applied,
             written: applied,
             unwritten: HashMap::new(),
@@ -186,6 +194,12 @@ impl KvStore {
         self.state.read().compacted
     }
 
+    /// The first revision from which [`KvStore::history`] returns every change (the compact
+    /// revision, or one more: see `IndexState::history_from`).
+    pub fn history_from(&self) -> Rev {
+        self.state.read().history_from
+    }
+
     /// The Raft index of the last applied entry.
     pub fn applied(&self) -> u64 {
         self.state.read().applied
@@ -228,6 +242,7 @@ impl KvStore {
         }
         batch.insert(META_REV, &state.current.to_be_bytes());
         batch.insert(META_COMPACT, &state.compacted.to_be_bytes());
+        batch.insert(META_HISTORY_FROM, &state.history_from.to_be_bytes());
         batch.insert(META_APPLIED, &(state.applied as i64).to_be_bytes());
         self.tree.apply_batch(batch)?;
         let mut state = RwLockUpgradableReadGuard::upgrade(state);
@@ -301,11 +316,11 @@ pub struct History {
 impl KvStore {
     /// The changes of revisions `from` and later, in revision order: about `max_events` of them,
     /// always whole revisions (one revision larger than that comes whole). Fails with
-    /// [`Error::Compacted`] when `from` is below the compact revision (etcd's rule for watchers).
+    /// [`Error::Compacted`] when `from` is below [`KvStore::history_from`].
     /// Holds the read lock while it reads, so the bound keeps the apply loop's wait short.
     pub fn history(&self, from: Rev, max_events: usize) -> Result<History> {
         let state = self.state.read();
-        if from < state.compacted {
+        if from < state.history_from {
             return Err(Error::Compacted);
         }
         let mut history = History {
@@ -509,10 +524,13 @@ impl<'a> WriteBatch<'a> {
         if rev > self.state.current {
             return Err(Error::FutureRevision);
         }
+        let mut lossy = false;
         for removed in self.state.index.compact(rev) {
+            lossy |= removed.main == rev;
             self.state.unwritten.insert(removed, Unwritten::Removed);
         }
         self.state.compacted = rev;
+        self.state.history_from = if lossy { rev + 1 } else { rev };
         Ok(self.state.current)
     }
 
@@ -836,6 +854,61 @@ mod tests {
             (kv.create_revision, kv.version),
             (2, 3),
             "version survives compaction and restart"
+        );
+    }
+
+    fn revs(h: &History) -> Vec<Rev> {
+        h.events
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect()
+    }
+
+    #[test]
+    fn history_returns_whole_revisions_from_sled_and_memory() {
+        let (_db, store) = store();
+        put(&store, "a", "1"); // 2, written back by `commit`
+        let applied = store.applied() + 1;
+        let mut batch = store.write();
+        let mut txn = batch.txn();
+        txn.put(b"b", b"1", 0);
+        txn.put(b"c", b"1", 0);
+        drop(txn);
+        batch.finish(applied);
+        // Revision 3 is only in memory now (not written back).
+        let all = store.history(2, 100).unwrap();
+        assert_eq!((revs(&all), all.through), (vec![2, 3, 3], 3));
+        let bounded = store.history(2, 2).unwrap();
+        assert_eq!(
+            (revs(&bounded), bounded.through),
+            (vec![2, 3, 3], 3),
+            "a revision is never split, even past the bound"
+        );
+        let bounded = store.history(2, 1).unwrap();
+        assert_eq!((revs(&bounded), bounded.through), (vec![2], 2));
+        assert!(store.history(4, 10).unwrap().events.is_empty());
+    }
+
+    /// A worked example: compacting at a revision that deleted a key forgets the tombstone, so
+    /// history from that revision is no longer whole and watchers must start one later.
+    #[test]
+    fn a_compaction_that_drops_a_delete_moves_history_past_it() {
+        let (_db, store) = store();
+        put(&store, "a", "1"); // 2
+        let mut batch = store.write();
+        batch.txn().delete_range(KeyRange::new(b"a", b"")); // 3
+        commit(batch);
+        put(&store, "b", "1"); // 4
+        compact(&store, 3).unwrap();
+        assert_eq!(store.compacted_revision(), 3);
+        assert_eq!(store.history_from(), 4, "the delete at 3 is gone");
+        assert_eq!(store.history(3, 10), Err(Error::Compacted));
+        assert_eq!(revs(&store.history(4, 10).unwrap()), vec![4]);
+        compact(&store, 4).unwrap();
+        assert_eq!(
+            store.history_from(),
+            4,
+            "a put at the compact revision stays"
         );
     }
 

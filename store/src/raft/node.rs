@@ -178,6 +178,9 @@ pub struct Node {
     timings: TurnTimings,
     /// Where applied events go: the watch hub's dispatcher.
     events: EventSink,
+    /// This member became leader and will promote the lessor once it has applied every entry
+    /// committed before (so deadlines start from the latest lease records, not older ones).
+    promote_pending: bool,
 }
 
 impl Node {
@@ -209,12 +212,8 @@ impl Node {
         if single {
             // A one-member group need not wait an election timeout to elect itself.
             raw.campaign()?;
-            if raw.raft.state == StateRole::Leader {
-                // Before the first Ready: keepalives may arrive as soon as the server listens.
-                let election = config.tick * config.election_ticks as u32;
-                sm.lessor().promote(election);
-            }
         }
+        let promote_pending = raw.raft.state == StateRole::Leader;
         let (tx, rx) = crossbeam_channel::unbounded();
         let status = Arc::new(NodeStatus::default());
         let handle = NodeHandle {
@@ -222,7 +221,7 @@ impl Node {
             status: status.clone(),
             request_timeout: config.request_timeout,
         };
-        let node = Node {
+        let mut node = Node {
             raw,
             sm,
             rx,
@@ -236,7 +235,9 @@ impl Node {
             last_write_back: Instant::now(),
             timings: TurnTimings::default(),
             events,
+            promote_pending,
         };
+        node.maybe_promote();
         node.publish_status();
         Ok((node, handle))
     }
@@ -432,6 +433,7 @@ impl Node {
         send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
+        self.maybe_promote();
         self.release_reads();
         self.maybe_compact_log()?;
         self.publish_status();
@@ -494,10 +496,21 @@ impl Node {
         }
         // Only the leader expires leases; a new one restarts every deadline (see `lease`).
         if role == StateRole::Leader {
+            // (A one-member group promoted already when it started.)
+            self.promote_pending |= !self.sm.lessor().is_primary();
+        } else {
+            self.promote_pending = false;
+            self.sm.lessor().demote();
+        }
+    }
+
+    /// Promotes the lessor once a new leader has applied everything committed before it.
+    /// Until then keepalives answer "no leader" and clients retry.
+    fn maybe_promote(&mut self) {
+        if self.promote_pending && self.sm.applied() >= self.raw.raft.raft_log.committed {
+            self.promote_pending = false;
             let election = self.config.tick * self.config.election_ticks as u32;
             self.sm.lessor().promote(election);
-        } else {
-            self.sm.lessor().demote();
         }
     }
 

@@ -7,6 +7,8 @@
 //! in order; an unknown or expired lease is answered with TTL 0, as etcd does.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use concord_proto::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
@@ -93,7 +95,7 @@ impl LeaseService {
 
 /// Renews one lease for a keepalive stream: TTL 0 when it is unknown or expired.
 async fn keep_alive(core: &Core, id: LeaseId) -> Result<LeaseKeepAliveResponse> {
-    let ttl = match core.lessor.renew(id) {
+    let ttl = match renew(core, id).await {
         Ok((ttl, checkpointed)) => {
             if checkpointed {
                 // Forget the checkpoint before answering (see `lease`): a later leader must not
@@ -116,6 +118,23 @@ async fn keep_alive(core: &Core, id: LeaseId) -> Result<LeaseKeepAliveResponse> 
         id,
         ttl,
     })
+}
+
+/// The lessor's renewal. A member that just became leader applies what was committed before it
+/// promotes its lessor; like etcd, a keepalive waits for that (briefly) instead of failing.
+async fn renew(core: &Core, id: LeaseId) -> Result<(i64, bool)> {
+    let deadline = tokio::time::Instant::now() + core.election_timeout;
+    loop {
+        match core.lessor.renew(id) {
+            Err(Error::NoLeader)
+                if core.node.status().leader.load(Ordering::Relaxed) == core.member_id
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn unexpected(other: Applied) -> Error {
@@ -155,7 +174,11 @@ impl Lease for LeaseService {
                 let Some(Ok(req)) = req else { break };
                 let answer = keep_alive(&core, req.id).await.map_err(Status::from);
                 let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
+                let sent = tokio::select! {
+                    sent = tx.send(answer) => sent.is_ok(),
+                    _ = stop.wait_for(|stopped| *stopped) => false,
+                };
+                if !sent || failed {
                     break;
                 }
             }

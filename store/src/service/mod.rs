@@ -45,6 +45,8 @@ pub struct Core {
     pub hub: Arc<Hub>,
     /// `--election-timeout`: how often watch streams opened with `hasleader` check for a leader.
     pub election_timeout: Duration,
+    /// Deliveries a watch stream's channel holds (see `ServerConfig`).
+    pub watch_stream_buffer: usize,
     /// Turns true when the server shuts down: long-lived streams end then.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }

@@ -29,8 +29,6 @@ use crate::error::Error;
 use crate::mvcc::{KeyRange, RangeOptions, Rev, View};
 use crate::watch::{Delivery, StreamId, WatcherEvents};
 
-/// Deliveries a stream's channel holds before its watchers fall behind.
-pub const STREAM_BUFFER: usize = 1024;
 /// Responses buffered between the writer and gRPC.
 const OUTBOUND_BUFFER: usize = 16;
 
@@ -58,7 +56,7 @@ impl Watch for WatchService {
         if needs_leader && !has_leader(&self.core) {
             return Err(Error::NoLeader.into());
         }
-        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        let (tx, rx) = mpsc::channel(self.core.watch_stream_buffer);
         let (out_tx, out_rx) = mpsc::channel(OUTBOUND_BUFFER);
         let stream = self.core.hub.open_stream(tx.clone());
         tokio::spawn(read_requests(
@@ -114,7 +112,12 @@ async fn read_requests(
             }
             Some(Some(Err(_))) | None => break,
         };
-        let Ok(slot) = tx.reserve().await else { break };
+        // A client that sends but does not read fills the channel; shutdown must not wait on it.
+        let slot = tokio::select! {
+            slot = tx.reserve() => slot,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let Ok(slot) = slot else { break };
         match request.request_union {
             Some(RequestUnion::CreateRequest(create)) => hub.watch(stream, &create, slot),
             Some(RequestUnion::CancelRequest(cancel)) => hub.cancel(stream, cancel.watch_id, slot),
@@ -132,9 +135,15 @@ async fn write_responses(
     mut rx: mpsc::Receiver<Delivery>,
     out_tx: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
+    let mut stop = core.stop.clone();
     'deliveries: while let Some(delivery) = rx.recv().await {
         for response in render(&core, delivery) {
-            if out_tx.send(Ok(response)).await.is_err() {
+            // A client that stops reading blocks this send; shutdown must not wait on it.
+            let sent = tokio::select! {
+                sent = out_tx.send(Ok(response)) => sent.is_ok(),
+                _ = stop.wait_for(|stopped| *stopped) => false,
+            };
+            if !sent {
                 break 'deliveries;
             }
         }

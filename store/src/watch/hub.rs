@@ -135,8 +135,24 @@ struct Stream {
 }
 
 impl Stream {
+    /// Whether every watcher has been sent everything up to the hub's revision: only then may a
+    /// progress notification say "nothing pending up to it".
     fn all_synced(&self) -> bool {
         self.watchers.values().all(|w| w.synced)
+    }
+
+    /// Answers a deferred progress request once it can be answered; the flag stays set until a
+    /// send succeeds.
+    fn maybe_answer_progress(&mut self, current: Rev) {
+        if self.progress_pending && self.all_synced() {
+            let progress = Delivery::Progress {
+                watch_id: -1,
+                revision: current,
+            };
+            if self.tx.try_send(progress).is_ok() {
+                self.progress_pending = false;
+            }
+        }
     }
 }
 
@@ -280,13 +296,7 @@ impl Hub {
         if s.watchers.remove(&watch_id).is_some() {
             slot.send(Delivery::Canceled { watch_id, revision });
             // A pending progress request may be answerable now.
-            if s.progress_pending && s.all_synced() {
-                s.progress_pending = false;
-                let _ = s.tx.try_send(Delivery::Progress {
-                    watch_id: -1,
-                    revision,
-                });
-            }
+            s.maybe_answer_progress(revision);
         }
     }
 
@@ -320,6 +330,9 @@ impl Hub {
         let Some(first) = events.first().map(|e| revision_of(e)) else {
             return;
         };
+        for s in state.streams.values_mut() {
+            s.maybe_answer_progress(revision);
+        }
         let mut fell_behind = false;
         let mut closed = Vec::new();
         for (id, s) in state.streams.iter_mut() {
@@ -368,13 +381,16 @@ impl Hub {
     /// One round of catch-up for up to [`SYNC_BATCH_WATCHERS`] unsynced watchers: one read of
     /// history, shared. Returns whether unsynced watchers remain.
     pub fn sync_round(&self) -> Result<bool> {
-        let compacted = self.kv.compacted_revision();
+        let compacted = self.kv.history_from();
         let mut picks = Vec::new();
         {
             let mut state = self.state.lock();
             let revision = state.current;
             let mut closed = Vec::new();
             for (sid, s) in state.streams.iter_mut() {
+                if s.tx.capacity() == 0 {
+                    continue; // its client is not reading: nothing could be sent anyway
+                }
                 let unsynced: Vec<(WatchId, Rev)> = s
                     .watchers
                     .iter()
@@ -427,15 +443,18 @@ impl Hub {
             if w.synced || w.next_rev != next_rev {
                 continue;
             }
+            // Only up to the hub's revision: what is newer comes from the dispatcher, so revisions
+            // in headers and progress notifications never go back.
+            let upto = history.through.min(current);
             let picked: Vec<Arc<Event>> = w
                 .pick(&events)
                 .into_iter()
-                .filter(|e| revision_of(e) <= history.through)
+                .filter(|e| revision_of(e) <= upto)
                 .collect();
             if !picked.is_empty() {
                 let delivery = Delivery::Events {
                     watchers: vec![w.events(watch_id, picked)],
-                    revision: current.max(history.through),
+                    revision: current,
                 };
                 match s.tx.try_send(delivery) {
                     Ok(()) => w.active = true,
@@ -446,22 +465,17 @@ impl Hub {
                     }
                 }
             }
-            w.next_rev = history.through + 1;
+            // Never backwards: the read may have started below this watcher's next revision.
+            w.next_rev = w.next_rev.max(upto + 1);
             if w.next_rev > current {
                 w.synced = true;
-                if s.progress_pending && s.all_synced() {
-                    let progress = Delivery::Progress {
-                        watch_id: -1,
-                        revision: current,
-                    };
-                    if s.tx.try_send(progress).is_ok() {
-                        s.progress_pending = false;
-                    }
-                }
             }
         }
         for id in closed {
             state.streams.remove(&id);
+        }
+        for s in state.streams.values_mut() {
+            s.maybe_answer_progress(current);
         }
         let remaining = state
             .streams

@@ -2,8 +2,9 @@
 //!
 //! - The **dispatcher** receives each applied batch's events from the node loop through an
 //!   unbounded channel ([`EventSink::publish`] never blocks the loop) and offers them to the synced
-//!   watchers. When it falls behind, it takes everything queued in one go, so its cost grows with
-//!   the number of watchers, not with the write rate.
+//!   watchers. When it falls behind, it takes everything queued in one go: one pass over the
+//!   watchers and one send per stream for the lot, however many batches waited. (Its matching
+//!   work is watchers × events; the queue is unbounded, bounded in practice by that catch-up.)
 //! - The **catch-up** loop serves unsynced watchers from history ([`Hub::sync_round`]) whenever
 //!   woken, and at least every [`SYNC_INTERVAL`]; and it sends progress notifications every
 //!   progress interval.
