@@ -25,6 +25,9 @@ fn main() -> io::Result<()> {
     let protoc = protoc_bin_vendored::protoc_bin_path().map_err(io::Error::other)?;
     let mut config = tonic_prost_build::Config::new();
     config.protoc_executable(protoc);
+    // A key-value's key and value are shared, not copied, when one change goes to many watchers
+    // (`bytes::Bytes` clones are a reference count).
+    config.bytes([".mvccpb.KeyValue"]);
 
     tonic_prost_build::configure()
         .build_server(true)

@@ -13,7 +13,9 @@
 //!
 //! - [`config`]: flags (etcd's names), ids derived like etcd's.
 //! - [`server`]: opens the data dir, starts the node loop and the listeners.
-//! - [`service`]: thin gRPC adapters (KV, Maintenance).
+//! - [`service`]: thin gRPC adapters (KV, Watch, Lease, Maintenance).
+//! - [`watch`]: the watch hub: synced and unsynced watchers, catch-up from history.
+//! - [`lease`]: the lessor (replicated leases, leader-only expiry) and its keeper task.
 //! - [`raft`]: the node loop, the sled-backed Raft log, proposals and their waiters.
 //! - [`apply`]: the deterministic state machine.
 //! - [`mvcc`]: revisions, the key index, history in sled, etcd's request semantics.

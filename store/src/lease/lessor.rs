@@ -286,7 +286,7 @@ impl Lessor {
             } else {
                 kv.lease
             };
-            if lease != 0 || state.key_lease.contains_key(&kv.key) {
+            if lease != 0 || state.key_lease.contains_key(&kv.key[..]) {
                 state.attach(&kv.key, lease);
             }
         }

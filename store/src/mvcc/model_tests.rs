@@ -84,8 +84,13 @@ fn check(store: &KvStore, model: &Model) -> Result<(), TestCaseError> {
             .into_iter()
             .map(|kv| {
                 (
-                    kv.key,
-                    (kv.value, kv.create_revision, kv.mod_revision, kv.version),
+                    kv.key.to_vec(),
+                    (
+                        kv.value.to_vec(),
+                        kv.create_revision,
+                        kv.mod_revision,
+                        kv.version,
+                    ),
                 )
             })
             .collect();

@@ -28,6 +28,7 @@ use std::time::Duration;
 use concord_proto::mvccpb::{Event, KeyValue, event::EventType};
 use parking_lot::{RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
 use prost::Message;
+use prost::bytes::Bytes;
 
 use super::key_index::{KeyRange, TreeIndex};
 use super::revision::{HISTORY_PREFIX, Rev, Revision};
@@ -385,7 +386,7 @@ impl KvStore {
         for rev in revs {
             let kv = self.fetch(&state, rev)?;
             if kv.lease != 0 {
-                out.push((kv.key, kv.lease));
+                out.push((kv.key.to_vec(), kv.lease));
             }
         }
         Ok(out)
@@ -570,11 +571,11 @@ impl WriteTxn<'_, '_> {
         let rev = self.next_revision();
         let (create_revision, version) = self.batch.state.index.put(key, rev);
         let kv = KeyValue {
-            key: key.to_vec(),
+            key: Bytes::copy_from_slice(key),
             create_revision,
             mod_revision: rev.main,
             version,
-            value: value.to_vec(),
+            value: Bytes::copy_from_slice(value),
             lease,
         };
         self.record(rev, TAG_PUT, kv.clone());
@@ -589,7 +590,7 @@ impl WriteTxn<'_, '_> {
             let rev = self.next_revision();
             self.batch.state.index.tombstone(key, rev);
             let tomb = KeyValue {
-                key: key.clone(),
+                key: key.clone().into(),
                 mod_revision: rev.main,
                 ..Default::default()
             };
@@ -599,7 +600,7 @@ impl WriteTxn<'_, '_> {
     }
 
     fn record(&mut self, rev: Revision, tag: u8, kv: KeyValue) {
-        self.undo.push((kv.key.clone(), rev));
+        self.undo.push((kv.key.to_vec(), rev));
         self.batch.events.push(event(tag, kv.clone()));
         self.batch
             .state
@@ -761,7 +762,7 @@ mod tests {
         let kv = get(&store, "foo", 3).unwrap().unwrap();
         assert_eq!(
             (
-                kv.value.as_slice(),
+                &kv.value[..],
                 kv.create_revision,
                 kv.mod_revision,
                 kv.version
@@ -818,7 +819,7 @@ mod tests {
         assert_eq!(compact(&store, 3).unwrap(), 4);
         assert_eq!(get(&store, "k", 2), Err(Error::Compacted));
         assert_eq!(
-            get(&store, "k", 3).unwrap().unwrap().value,
+            &get(&store, "k", 3).unwrap().unwrap().value[..],
             b"v2",
             "reads at the compact revision still work"
         );

@@ -316,11 +316,15 @@ pub fn put(txn: &mut WriteTxn<'_, '_>, r: &PutRequest) -> Result<PutResponse> {
     };
     let (value, lease) = match &prev {
         Some(p) => (
-            if r.ignore_value { &p.value } else { &r.value },
+            if r.ignore_value {
+                &p.value[..]
+            } else {
+                &r.value[..]
+            },
             if r.ignore_lease { p.lease } else { r.lease },
         ),
         None if r.ignore_value || r.ignore_lease => return Err(Error::KeyNotFound),
-        None => (&r.value, r.lease),
+        None => (&r.value[..], r.lease),
     };
     let kv = txn.put(&r.key, value, lease);
     Ok(PutResponse {
@@ -386,8 +390,8 @@ fn compare(view: &impl View, c: &Compare) -> Result<bool> {
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
     let ordering = match (CompareTarget::try_from(c.target), &c.target_union) {
-        (Ok(CompareTarget::Value), Some(TargetUnion::Value(v))) => kv.value.as_slice().cmp(v),
-        (Ok(CompareTarget::Value), _) => kv.value.as_slice().cmp(&[][..]),
+        (Ok(CompareTarget::Value), Some(TargetUnion::Value(v))) => kv.value[..].cmp(&v[..]),
+        (Ok(CompareTarget::Value), _) => kv.value[..].cmp(&[][..]),
         (Ok(CompareTarget::Version), u) => kv.version.cmp(&union_int(u, CompareTarget::Version)),
         (Ok(CompareTarget::Create), u) => {
             kv.create_revision.cmp(&union_int(u, CompareTarget::Create))

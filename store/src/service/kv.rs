@@ -33,7 +33,7 @@ impl KvService {
     async fn write<T>(
         &self,
         command: Command,
-        pick: fn(Applied) -> Result<T, Applied>,
+        pick: fn(Applied) -> Result<T, Box<Applied>>,
     ) -> Result<T> {
         if command.encoded_len() > self.core.max_request_bytes {
             return Err(Error::RequestTooLarge);
@@ -63,7 +63,7 @@ impl KvService {
         let resp = self
             .write(Command::Put(r), |a| match a {
                 Applied::Put(resp) => Ok(resp),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await?;
         Ok(self.finish(resp))
@@ -74,7 +74,7 @@ impl KvService {
         let resp = self
             .write(Command::DeleteRange(r), |a| match a {
                 Applied::DeleteRange(resp) => Ok(resp),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await?;
         Ok(self.finish(resp))
@@ -90,7 +90,7 @@ impl KvService {
         } else {
             self.write(Command::Txn(r), |a| match a {
                 Applied::Txn(resp) => Ok(resp),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await?
         };
@@ -101,7 +101,7 @@ impl KvService {
         let resp = self
             .write(Command::Compact(r), |a| match a {
                 Applied::Compact(resp) => Ok(resp),
-                other => Err(other),
+                other => Err(Box::new(other)),
             })
             .await?;
         Ok(self.finish(resp))

@@ -277,8 +277,8 @@ mod tests {
     fn event(size: usize) -> Event {
         Event {
             kv: Some(KeyValue {
-                key: b"k".to_vec(),
-                value: vec![b'v'; size],
+                key: b"k".to_vec().into(),
+                value: vec![b'v'; size].into(),
                 mod_revision: 2,
                 ..Default::default()
             }),

@@ -34,7 +34,7 @@ pub type StreamId = u64;
 /// Most watchers the catch-up thread serves in one round (etcd's value).
 const SYNC_BATCH_WATCHERS: usize = 512;
 /// About how many events one round of catch-up reads (whole revisions).
-const SYNC_BATCH_EVENTS: usize = 1024;
+const SYNC_BATCH_EVENTS: usize = 128;
 
 /// etcd's reasons a create request is refused (the `cancel_reason` of its reply).
 pub const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
@@ -535,4 +535,131 @@ impl Hub {
 /// The revision of an event.
 pub fn revision_of(event: &Event) -> Rev {
     event.kv.as_ref().map_or(0, |kv| kv.mod_revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::store::WriteBatch;
+
+    fn store() -> (sled::Db, Arc<KvStore>) {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let kv = Arc::new(KvStore::open(db.open_tree("state").unwrap()).unwrap());
+        (db, kv)
+    }
+
+    /// Applies one put as the node loop would and returns its events.
+    fn put(kv: &KvStore, key: &str) -> (Vec<Arc<Event>>, Rev) {
+        let applied = kv.applied() + 1;
+        let mut batch: WriteBatch<'_> = kv.write();
+        batch.txn().put(key.as_bytes(), b"v", 0);
+        let (rev, events) = batch.finish(applied);
+        (events.into_iter().map(Arc::new).collect(), rev)
+    }
+
+    fn create(key: &str, start: Rev) -> WatchCreateRequest {
+        WatchCreateRequest {
+            key: key.into(),
+            start_revision: start,
+            ..Default::default()
+        }
+    }
+
+    fn revs(d: &Delivery) -> Vec<Rev> {
+        match d {
+            Delivery::Events { watchers, .. } => watchers
+                .iter()
+                .flat_map(|w| w.events.iter().map(|e| revision_of(e)))
+                .collect(),
+            other => panic!("expected events, got {other:?}"),
+        }
+    }
+
+    /// A worked example: a stream with room for two deliveries, a reader that does not read.
+    #[tokio::test]
+    async fn a_full_stream_falls_behind_and_catches_up_from_history_in_order() {
+        let (_db, kv) = store();
+        let hub = Hub::new(kv.clone());
+        let (tx, mut rx) = mpsc::channel(2);
+        let stream = hub.open_stream(tx.clone());
+        hub.watch(stream, &create("k", 0), tx.try_reserve().unwrap());
+        assert!(matches!(
+            rx.recv().await,
+            Some(Delivery::Created { watch_id: 0, .. })
+        ));
+
+        for _ in 0..4 {
+            let (events, rev) = put(&kv, "k"); // revisions 2..=5
+            hub.dispatch(&events, rev);
+        }
+        // Revisions 2 and 3 fit; 4 did not, so the watcher is unsynced from 4 (5 was not offered).
+        assert_eq!(hub.counts(), (1, 1));
+        assert_eq!(revs(&rx.recv().await.unwrap()), vec![2]);
+        assert_eq!(revs(&rx.recv().await.unwrap()), vec![3]);
+        assert!(hub.sync_round().unwrap() || hub.counts().1 == 0);
+        assert_eq!(
+            revs(&rx.recv().await.unwrap()),
+            vec![4, 5],
+            "read back from history"
+        );
+        assert_eq!(hub.counts(), (1, 0), "synced again");
+
+        let (events, rev) = put(&kv, "k"); // 6
+        hub.dispatch(&events, rev);
+        assert_eq!(
+            revs(&rx.recv().await.unwrap()),
+            vec![6],
+            "and served live once more"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watcher_overtaken_by_compaction_is_canceled_with_the_compact_revision() {
+        let (_db, kv) = store();
+        for _ in 0..3 {
+            put(&kv, "k"); // 2..=4
+        }
+        let applied = kv.applied();
+        let mut batch = kv.write();
+        batch.compact(3).unwrap();
+        batch.finish(applied);
+        let hub = Hub::new(kv.clone());
+        let (tx, mut rx) = mpsc::channel(4);
+        let stream = hub.open_stream(tx.clone());
+        hub.watch(stream, &create("k", 2), tx.try_reserve().unwrap());
+        rx.recv().await.unwrap(); // created
+        hub.sync_round().unwrap();
+        match rx.recv().await.unwrap() {
+            Delivery::Compacted {
+                compact_revision, ..
+            } => assert_eq!(compact_revision, 3),
+            other => panic!("expected a compaction cancel, got {other:?}"),
+        }
+        assert_eq!(hub.counts(), (0, 0), "the watcher is gone");
+    }
+
+    #[tokio::test]
+    async fn a_progress_request_waits_until_every_watcher_is_synced() {
+        let (_db, kv) = store();
+        put(&kv, "k"); // 2
+        let hub = Hub::new(kv.clone());
+        let (tx, mut rx) = mpsc::channel(8);
+        let stream = hub.open_stream(tx.clone());
+        hub.watch(stream, &create("k", 2), tx.try_reserve().unwrap());
+        rx.recv().await.unwrap(); // created
+        hub.request_progress(stream, tx.try_reserve().unwrap());
+        assert!(
+            rx.try_recv().is_err(),
+            "deferred: the watcher is replaying history"
+        );
+        hub.sync_round().unwrap();
+        assert_eq!(revs(&rx.recv().await.unwrap()), vec![2]);
+        assert!(matches!(
+            rx.recv().await,
+            Some(Delivery::Progress {
+                watch_id: -1,
+                revision: 2
+            })
+        ));
+    }
 }
