@@ -1338,6 +1338,11 @@ pub struct EtcdBinaries {
 }
 
 impl EtcdBinaries {
+    /// The `etcdctl` found next to etcd.
+    pub fn etcdctl(&self) -> &Path {
+        &self.etcdctl
+    }
+
     /// Finds etcd and etcdctl 3.4 on PATH; prints the skip message (or panics under
     /// `CONCORD_REQUIRE_ETCD=1`) when either is missing or of another version.
     pub fn find() -> Option<EtcdBinaries> {

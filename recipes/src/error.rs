@@ -1,0 +1,41 @@
+//! The recipes' one error type.
+
+/// The result type of the recipes.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Every way a recipe can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server (or the connection to it) failed; the message is the client's.
+    #[error(transparent)]
+    Etcd(#[from] etcd_client::Error),
+    /// The session's lease is gone (revoked, or expired without keepalives): everything that
+    /// depended on it — locks, registrations — is gone with it.
+    #[error("the session's lease {0:x} expired or was revoked")]
+    SessionExpired(i64),
+    /// A lock's key disappeared while it was held or awaited (deleted by someone else, or its
+    /// lease ended).
+    #[error("the lock key {0:?} was deleted")]
+    LockLost(String),
+    /// The operation did not finish in the time given.
+    #[error("timed out")]
+    Timeout,
+    /// A watch ended before the awaited change arrived.
+    #[error("the watch stream ended: {0}")]
+    WatchEnded(String),
+}
+
+impl Error {
+    /// Whether retrying the same call may succeed: the server was unavailable or had no leader,
+    /// or the connection broke.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ),
+            Error::Etcd(etcd_client::Error::TransportError(_)) => true,
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! `concord-recipes`: coordination recipes for Rust services, on Concord or any etcd ≥ 3.4.
+//!
+//! Every recipe is built only on the public etcd v3 API (KV, Txn, Watch, Lease) through the
+//! [`etcd-client`](https://docs.rs/etcd-client) crate, with etcd's own key layouts, so it works the
+//! same against Concord and against etcd, and interoperates with Go's `concurrency` package and
+//! with `etcdctl lock`.
+//!
+//! - [`Client`]: endpoints, retries of transient failures with exponential backoff and jitter.
+//! - [`Session`]: a lease kept alive in the background, with a state you can watch
+//!   (Alive → Suspect → Expired).
+//! - [`Mutex`]: a distributed lock whose guard carries a **fencing token** and a `lost()` future.
+//!
+//! Left out so far (the SDK issue lists them; they come next, each in its own module): rw-lock,
+//! semaphore, election, queues, barriers, service registry, typed config, tonic resolver, and key
+//! namespacing.
+
+mod client;
+mod error;
+mod mutex;
+mod session;
+
+pub use client::Client;
+pub use error::{Error, Result};
+pub use mutex::{Mutex, MutexGuard};
+pub use session::{DEFAULT_TTL, Session, SessionState};

@@ -1,0 +1,306 @@
+//! A distributed mutex with fencing tokens, on etcd's key layout.
+//!
+//! The layout is Go's `concurrency.Mutex` (and so `etcdctl lock`'s): each contender creates the
+//! key `<name>/<lease in hex>` attached to its session's lease, and the contender whose key has the
+//! **lowest create revision** holds the lock. A waiter watches only the key just before its own
+//! (the next lower create revision) for deletion, so a release wakes one waiter, not all of them.
+//! Both sides meet on the same keys: a Rust process and `etcdctl lock <name>` exclude each other.
+//!
+//! What the lock guarantees: while a [`MutexGuard`] exists and its key is present, no other holder
+//! of this lock has a key of lower create revision, i.e. nobody else holds it. What it does **not**
+//! guarantee on its own: that you still hold it by the time a request of yours reaches some other
+//! system — a pause (GC, swap, a partition) longer than the session TTL lets the lease expire and
+//! someone else take over while you still believe you hold it. Two tools close that gap:
+//! - the guard's [`fencing token`](MutexGuard::fencing_token) (its key's create revision) increases
+//!   with every acquisition of the lock: a resource that remembers the highest token it has seen
+//!   and refuses lower ones is safe even from a paused former holder;
+//! - [`MutexGuard::txn_if_held`] makes a write to this store conditional on still holding the lock
+//!   (a txn comparing the key's create revision), atomically.
+//!
+//! [`MutexGuard::lost`] resolves when the lock is lost (its key deleted, or the session expired).
+
+use std::time::Duration;
+
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::session::Session;
+
+/// A named distributed mutex (see the module doc). Cheap to create: it holds no state.
+#[derive(Clone)]
+pub struct Mutex {
+    client: Client,
+    /// `<name>/`: every contender's key is under it.
+    prefix: String,
+}
+
+/// Proof of holding a [`Mutex`]. Dropping it releases the lock (in the background); prefer
+/// [`MutexGuard::unlock`], which reports errors.
+pub struct MutexGuard {
+    client: Client,
+    key: String,
+    token: i64,
+    lease: i64,
+    session: tokio::sync::watch::Receiver<crate::SessionState>,
+    released: bool,
+}
+
+impl Mutex {
+    /// The mutex `name` (the same name `etcdctl lock <name>` takes).
+    pub fn new(client: &Client, name: impl Into<String>) -> Mutex {
+        let mut prefix = name.into();
+        prefix.push('/');
+        Mutex {
+            client: client.clone(),
+            prefix,
+        }
+    }
+
+    /// Waits until the lock is held by `session`.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> concord_recipes::Result<()> {
+    /// use concord_recipes::{Client, Mutex, Session};
+    /// let client = Client::connect(["127.0.0.1:2379"]).await?;
+    /// let session = Session::new(&client, 10).await?;
+    /// let guard = Mutex::new(&client, "jobs/nightly").lock(&session).await?;
+    /// // ... pass guard.fencing_token() along with every write to outside resources ...
+    /// guard.unlock().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock(&self, session: &Session) -> Result<MutexGuard> {
+        let (key, my_rev, owner) = self.enqueue(session).await?;
+        let guard = self.guard(session, key, my_rev);
+        if owner != my_rev {
+            // Wait for every earlier contender; if the session ends meanwhile, give up.
+            tokio::select! {
+                waited = self.wait_for_predecessors(my_rev) => waited?,
+                _ = session.expired() => return Err(Error::SessionExpired(session.lease())),
+            }
+        }
+        guard.confirm().await?;
+        Ok(guard)
+    }
+
+    /// Takes the lock if nobody holds it; `None` (and nothing left behind) otherwise.
+    pub async fn try_lock(&self, session: &Session) -> Result<Option<MutexGuard>> {
+        let (key, my_rev, owner) = self.enqueue(session).await?;
+        let guard = self.guard(session, key, my_rev);
+        if owner == my_rev {
+            return Ok(Some(guard));
+        }
+        guard.unlock().await?;
+        Ok(None)
+    }
+
+    /// [`Mutex::lock`], giving up with [`Error::Timeout`] after `timeout` (withdrawing from the
+    /// queue).
+    pub async fn lock_timeout(&self, session: &Session, timeout: Duration) -> Result<MutexGuard> {
+        match tokio::time::timeout(timeout, self.lock(session)).await {
+            Ok(result) => result,
+            Err(_) => {
+                // The waiting call was dropped with its guard, which withdraws the key.
+                Err(Error::Timeout)
+            }
+        }
+    }
+
+    fn guard(&self, session: &Session, key: String, token: i64) -> MutexGuard {
+        MutexGuard {
+            client: self.client.clone(),
+            key,
+            token,
+            lease: session.lease(),
+            session: session.watch_state(),
+            released: false,
+        }
+    }
+
+    /// Creates this session's key if it has none yet (one transaction), and returns the key, its
+    /// create revision and the lowest create revision under the prefix (the holder's).
+    async fn enqueue(&self, session: &Session) -> Result<(String, i64, i64)> {
+        session.check()?;
+        let key = format!("{}{:x}", self.prefix, session.lease());
+        let first = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_limit(1);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
+            .and_then([
+                TxnOp::put(
+                    key.as_str(),
+                    "",
+                    Some(PutOptions::new().with_lease(session.lease())),
+                ),
+                TxnOp::get(self.prefix.as_str(), Some(first.clone())),
+            ])
+            .or_else([
+                TxnOp::get(key.as_str(), None),
+                TxnOp::get(self.prefix.as_str(), Some(first)),
+            ]);
+        // Not retried blindly: a create that may or may not have happened is re-read instead.
+        let resp = session.client().etcd().txn(txn).await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let ops = resp.op_responses();
+        let mine = if resp.succeeded() {
+            revision
+        } else {
+            match ops.first() {
+                Some(TxnOpResponse::Get(g)) => g.kvs().first().map_or(0, |kv| kv.create_revision()),
+                _ => 0,
+            }
+        };
+        let owner = match ops.get(1) {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().map_or(0, |kv| kv.create_revision()),
+            _ => 0,
+        };
+        if mine == 0 {
+            return Err(Error::LockLost(key));
+        }
+        Ok((key, mine, owner))
+    }
+
+    /// Waits until no key under the prefix has a create revision below `my_rev`: each round
+    /// watches the closest earlier key until it is deleted.
+    async fn wait_for_predecessors(&self, my_rev: i64) -> Result<()> {
+        loop {
+            let last = GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Create, SortOrder::Descend)
+                .with_max_create_revision(my_rev - 1)
+                .with_limit(1);
+            let prefix = self.prefix.clone();
+            let resp = self
+                .client
+                .retry(|mut c| {
+                    let (prefix, last) = (prefix.clone(), last.clone());
+                    async move { c.get(prefix, Some(last)).await }
+                })
+                .await?;
+            let Some(before) = resp.kvs().first() else {
+                return Ok(());
+            };
+            let revision = resp.header().map_or(0, |h| h.revision());
+            wait_deleted(&self.client, before.key().to_vec(), revision + 1).await?;
+        }
+    }
+}
+
+/// Waits until `key` is deleted, watching from `from` on.
+async fn wait_deleted(client: &Client, key: Vec<u8>, from: i64) -> Result<()> {
+    let mut etcd = client.etcd();
+    let options = WatchOptions::new().with_start_revision(from);
+    let mut stream = etcd.watch(key, Some(options)).await?;
+    loop {
+        let Some(resp) = stream.message().await? else {
+            return Err(Error::WatchEnded("closed by the server".into()));
+        };
+        if resp.canceled() {
+            // Compacted past `from`: the key may be gone already; the caller re-reads.
+            return Ok(());
+        }
+        if resp
+            .events()
+            .iter()
+            .any(|e| e.event_type() == EventType::Delete)
+        {
+            return Ok(());
+        }
+    }
+}
+
+impl MutexGuard {
+    /// The key that holds the lock (`<name>/<lease hex>`).
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The lock's fencing token: its key's create revision. Every later acquisition of this lock,
+    /// by anyone, gets a larger token (see the module doc).
+    pub fn fencing_token(&self) -> i64 {
+        self.token
+    }
+
+    /// The comparison that holds exactly while this guard still owns the lock: use it in your own
+    /// transactions.
+    pub fn held(&self) -> Compare {
+        Compare::create_revision(self.key.as_str(), CompareOp::Equal, self.token)
+    }
+
+    /// Runs `ops` atomically if, and only if, the lock is still held; returns whether it was.
+    pub async fn txn_if_held(&self, ops: Vec<TxnOp>) -> Result<bool> {
+        let txn = Txn::new().when([self.held()]).and_then(ops);
+        Ok(self.client.etcd().txn(txn).await?.succeeded())
+    }
+
+    /// Resolves with the reason once the lock is lost: its key was deleted, or the session
+    /// expired. Never resolves while the lock is held.
+    pub async fn lost(&self) -> Error {
+        let mut session = self.session.clone();
+        tokio::select! {
+            _ = session.wait_for(|s| *s == crate::SessionState::Expired) => {
+                Error::SessionExpired(self.lease)
+            }
+            result = wait_deleted(&self.client, self.key.clone().into_bytes(), self.token) => {
+                match result {
+                    Ok(()) => Error::LockLost(self.key.clone()),
+                    Err(e) => e,
+                }
+            }
+        }
+    }
+
+    /// Makes sure the key is still there after waiting (the session may have ended).
+    async fn confirm(&self) -> Result<()> {
+        let key = self.key.clone();
+        let resp = self
+            .client
+            .retry(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await?;
+        match resp.kvs().first() {
+            Some(kv) if kv.create_revision() == self.token => Ok(()),
+            _ => Err(Error::LockLost(self.key.clone())),
+        }
+    }
+
+    /// Releases the lock: deletes the key (only if it is still this guard's).
+    pub async fn unlock(mut self) -> Result<()> {
+        self.released = true;
+        let txn = Txn::new()
+            .when([self.held()])
+            .and_then([TxnOp::delete(self.key.as_str(), None)]);
+        self.client
+            .retry(|mut c| {
+                let txn = txn.clone();
+                async move { c.txn(txn).await }
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for MutexGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let txn = Txn::new()
+            .when([self.held()])
+            .and_then([TxnOp::delete(self.key.as_str(), None)]);
+        let mut etcd = self.client.etcd();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = etcd.txn(txn).await;
+            });
+        }
+    }
+}
