@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
@@ -59,7 +60,7 @@ pub struct Server {
 impl Server {
     /// Opens the data dir and starts serving.
     pub async fn start(config: ServerConfig) -> Result<Server> {
-        let db = open_db(&config)?;
+        let db = open_db_patiently(&config).await?;
         let state = db.open_tree("state")?;
         let (member_id, cluster_id) = identity(&state, &config)?;
         let kv = Arc::new(KvStore::open(state.clone())?);
@@ -206,6 +207,25 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.stop_tx.send(true);
         self.node.shutdown();
+    }
+}
+
+/// How long a start waits for a data dir whose lock is being released.
+const LOCK_PATIENCE: Duration = Duration::from_secs(3);
+
+/// [`open_db`], waiting a little while the lock is held: sled releases it from its background
+/// flusher after the last handle is dropped, so a member restarted in the same process (tests,
+/// embedders) may find it still held for a moment. Another process holding it is still refused,
+/// just [`LOCK_PATIENCE`] later.
+async fn open_db_patiently(config: &ServerConfig) -> Result<sled::Db> {
+    let deadline = tokio::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match open_db(config) {
+            Err(Error::DataDirLocked(_)) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
     }
 }
 

@@ -126,11 +126,19 @@ impl KvStore {
     /// Opens the store on `tree` and rebuilds the index from the history it holds.
     pub fn open(tree: sled::Tree) -> Result<Self> {
         let applied = read_i64(&tree, META_APPLIED)?.unwrap_or(0) as u64;
+        let compacted = read_i64(&tree, META_COMPACT)?.unwrap_or(NEVER_COMPACTED);
+        // A store compacted before this record existed: whether its compaction dropped a delete
+        // is unknown, so assume it did.
+        let history_from = match read_i64(&tree, META_HISTORY_FROM)? {
+            Some(rev) => rev,
+            None if compacted == NEVER_COMPACTED => NEVER_COMPACTED,
+            None => compacted + 1,
+        };
         let mut state = IndexState {
             index: TreeIndex::default(),
             current: read_i64(&tree, META_REV)?.unwrap_or(1),
-            compacted: read_i64(&tree, META_COMPACT)?.unwrap_or(NEVER_COMPACTED),
-            history_from: read_i64(&tree, META_HISTORY_FROM)?.unwrap_or(NEVER_COMPACTED),
+            compacted,
+            history_from,
             applied,
             written: applied,
             unwritten: HashMap::new(),

@@ -72,6 +72,10 @@ impl Watch for WatchService {
     }
 }
 
+fn stopped(stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+    *stop.borrow()
+}
+
 fn has_leader(core: &Core) -> bool {
     core.node.status().leader.load(Ordering::Relaxed) != raft::INVALID_ID
 }
@@ -110,6 +114,14 @@ async fn read_requests(
                 }
                 continue;
             }
+            // The client closed its sending side: like etcd, keep delivering until it goes away.
+            None if !stopped(&stop) => {
+                tokio::select! {
+                    _ = tx.closed() => {}
+                    _ = stop.wait_for(|stopped| *stopped) => {}
+                }
+                break;
+            }
             Some(Some(Err(_))) | None => break,
         };
         // A client that sends but does not read fills the channel; shutdown must not wait on it.
@@ -136,7 +148,14 @@ async fn write_responses(
     out_tx: mpsc::Sender<Result<WatchResponse, Status>>,
 ) {
     let mut stop = core.stop.clone();
-    'deliveries: while let Some(delivery) = rx.recv().await {
+    loop {
+        // Also notice a client that went away while nothing was being sent.
+        let delivery = tokio::select! {
+            delivery = rx.recv() => delivery,
+            _ = out_tx.closed() => None,
+            _ = stop.wait_for(|stopped| *stopped) => None,
+        };
+        let Some(delivery) = delivery else { break };
         for response in render(&core, delivery) {
             // A client that stops reading blocks this send; shutdown must not wait on it.
             let sent = tokio::select! {
@@ -144,7 +163,8 @@ async fn write_responses(
                 _ = stop.wait_for(|stopped| *stopped) => false,
             };
             if !sent {
-                break 'deliveries;
+                core.hub.close_stream(stream);
+                return;
             }
         }
     }

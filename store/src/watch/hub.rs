@@ -40,6 +40,17 @@ const SYNC_BATCH_EVENTS: usize = 128;
 pub const ERR_DUPLICATE_ID: &str = "mvcc: duplicate watch ID provided on the WatchStream";
 pub const ERR_EMPTY_RANGE: &str = "mvcc: watcher range is empty";
 
+/// What a catch-up round achieved, so the loop knows when to run the next one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncRound {
+    /// No watcher is unsynced.
+    Idle,
+    /// Some watcher moved forward and others remain: go on at once.
+    Progressed,
+    /// Watchers remain but none could move (their streams are full): wait a little.
+    Blocked,
+}
+
 /// The events of whole revisions for one watcher.
 #[derive(Debug, Clone)]
 pub struct WatcherEvents {
@@ -309,6 +320,7 @@ impl Hub {
             return;
         };
         if s.all_synced() {
+            s.progress_pending = false;
             slot.send(Delivery::Progress {
                 watch_id: -1,
                 revision,
@@ -330,9 +342,6 @@ impl Hub {
         let Some(first) = events.first().map(|e| revision_of(e)) else {
             return;
         };
-        for s in state.streams.values_mut() {
-            s.maybe_answer_progress(revision);
-        }
         let mut fell_behind = false;
         let mut closed = Vec::new();
         for (id, s) in state.streams.iter_mut() {
@@ -373,14 +382,18 @@ impl Hub {
         for id in closed {
             state.streams.remove(&id);
         }
+        // Only now: a progress notification must follow the events up to its revision.
+        for s in state.streams.values_mut() {
+            s.maybe_answer_progress(revision);
+        }
         if fell_behind {
             self.wake.notify_one();
         }
     }
 
     /// One round of catch-up for up to [`SYNC_BATCH_WATCHERS`] unsynced watchers: one read of
-    /// history, shared. Returns whether unsynced watchers remain.
-    pub fn sync_round(&self) -> Result<bool> {
+    /// history, shared. Also answers deferred progress requests that became answerable.
+    pub fn sync_round(&self) -> Result<SyncRound> {
         let compacted = self.kv.history_from();
         let mut picks = Vec::new();
         {
@@ -421,14 +434,16 @@ impl Hub {
             }
         }
         let Some(from) = picks.iter().map(|p| p.2).min() else {
-            return Ok(false);
+            self.answer_pending_progress();
+            return Ok(SyncRound::Idle);
         };
         let history = match self.kv.history(from, SYNC_BATCH_EVENTS) {
             Ok(h) => h,
             // Compacted meanwhile: the next round cancels whom it concerns.
-            Err(crate::error::Error::Compacted) => return Ok(true),
+            Err(crate::error::Error::Compacted) => return Ok(SyncRound::Progressed),
             Err(e) => return Err(e),
         };
+        let mut progressed = false;
         let events: Vec<Arc<Event>> = history.events.into_iter().map(Arc::new).collect();
         let mut state = self.state.lock();
         let current = state.current;
@@ -466,6 +481,7 @@ impl Hub {
                 }
             }
             // Never backwards: the read may have started below this watcher's next revision.
+            progressed |= upto + 1 > w.next_rev;
             w.next_rev = w.next_rev.max(upto + 1);
             if w.next_rev > current {
                 w.synced = true;
@@ -481,7 +497,20 @@ impl Hub {
             .streams
             .values()
             .any(|s| s.watchers.values().any(|w| !w.synced));
-        Ok(remaining)
+        Ok(match (remaining, progressed) {
+            (false, _) => SyncRound::Idle,
+            (true, true) => SyncRound::Progressed,
+            (true, false) => SyncRound::Blocked,
+        })
+    }
+
+    /// Answers deferred progress requests that can be answered now (see `Stream`).
+    fn answer_pending_progress(&self) {
+        let mut state = self.state.lock();
+        let current = state.current;
+        for s in state.streams.values_mut() {
+            s.maybe_answer_progress(current);
+        }
     }
 
     /// Sends a progress notification to every synced watcher that asked for them and received
@@ -596,7 +625,11 @@ mod tests {
         assert_eq!(hub.counts(), (1, 1));
         assert_eq!(revs(&rx.recv().await.unwrap()), vec![2]);
         assert_eq!(revs(&rx.recv().await.unwrap()), vec![3]);
-        assert!(hub.sync_round().unwrap() || hub.counts().1 == 0);
+        assert_eq!(
+            hub.sync_round().unwrap(),
+            SyncRound::Idle,
+            "nobody left behind"
+        );
         assert_eq!(
             revs(&rx.recv().await.unwrap()),
             vec![4, 5],
@@ -636,6 +669,52 @@ mod tests {
             other => panic!("expected a compaction cancel, got {other:?}"),
         }
         assert_eq!(hub.counts(), (0, 0), "the watcher is gone");
+    }
+
+    /// The reviewer's case: the only unsynced watcher is canceled by compaction; the deferred
+    /// progress must be answered then (no write needed), and always after the events it covers.
+    #[tokio::test]
+    async fn a_deferred_progress_is_answered_without_writes_and_never_ahead_of_events() {
+        let (_db, kv) = store();
+        for _ in 0..3 {
+            put(&kv, "k"); // 2..=4
+        }
+        let applied = kv.applied();
+        let mut batch = kv.write();
+        batch.compact(3).unwrap();
+        batch.finish(applied);
+        let hub = Hub::new(kv.clone());
+        let (tx, mut rx) = mpsc::channel(8);
+        let stream = hub.open_stream(tx.clone());
+        hub.watch(stream, &create("a", 0), tx.try_reserve().unwrap());
+        hub.watch(stream, &create("k", 2), tx.try_reserve().unwrap());
+        hub.request_progress(stream, tx.try_reserve().unwrap());
+        assert!(matches!(
+            rx.recv().await,
+            Some(Delivery::Created { watch_id: 0, .. })
+        ));
+        assert!(matches!(
+            rx.recv().await,
+            Some(Delivery::Created { watch_id: 1, .. })
+        ));
+        assert!(rx.try_recv().is_err(), "deferred");
+        hub.sync_round().unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Some(Delivery::Compacted { watch_id: 1, .. })
+        ));
+        hub.sync_round().unwrap();
+        assert!(matches!(
+            rx.recv().await,
+            Some(Delivery::Progress {
+                watch_id: -1,
+                revision: 4
+            })
+        ));
+        let (events, rev) = put(&kv, "a"); // 5
+        hub.dispatch(&events, rev);
+        assert_eq!(revs(&rx.recv().await.unwrap()), vec![5]);
+        assert!(rx.try_recv().is_err(), "answered once");
     }
 
     #[tokio::test]

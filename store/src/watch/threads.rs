@@ -19,6 +19,7 @@ use concord_proto::mvccpb::Event;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::Hub;
+use super::hub::SyncRound;
 use crate::error::{Error, Result};
 use crate::mvcc::Rev;
 
@@ -114,8 +115,9 @@ fn catch_up(hub: &Hub, progress_interval: Duration) {
     let mut pause = SYNC_INTERVAL;
     while hub.wait(pause) {
         pause = match hub.sync_round() {
-            Ok(true) => RETRY_INTERVAL,
-            Ok(false) => SYNC_INTERVAL,
+            Ok(SyncRound::Progressed) => Duration::ZERO,
+            Ok(SyncRound::Blocked) => RETRY_INTERVAL,
+            Ok(SyncRound::Idle) => SYNC_INTERVAL,
             Err(e) => {
                 tracing::error!(error = %e, "watch catch-up cannot read history");
                 SYNC_INTERVAL
