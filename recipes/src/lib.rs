@@ -9,17 +9,22 @@
 //! - [`Session`]: a lease kept alive in the background, with a state you can watch
 //!   (Alive → Suspect → Expired).
 //! - [`Mutex`]: a distributed lock whose guard carries a **fencing token** and a `lost()` future.
+//! - [`Election`]: campaign, proclaim, resign, the current leader, and a stream that follows it;
+//!   the leadership carries a fencing token.
 //!
 //! Left out so far (the SDK issue lists them; they come next, each in its own module): rw-lock,
-//! semaphore, election, queues, barriers, service registry, typed config, tonic resolver, and key
+//! semaphore, queues, barriers, service registry, typed config, tonic resolver, and key
 //! namespacing.
 
 mod client;
+mod election;
 mod error;
 mod mutex;
 mod session;
+mod wait;
 
 pub use client::Client;
+pub use election::{Election, Leader, Leadership};
 pub use error::{Error, Result};
 pub use mutex::{Mutex, MutexGuard};
 pub use session::{DEFAULT_TTL, Session, SessionState};

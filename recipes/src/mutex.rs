@@ -21,14 +21,12 @@
 
 use std::time::Duration;
 
-use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnOpResponse, WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::session::Session;
+use crate::wait;
 
 /// A named distributed mutex (see the module doc). Cheap to create: it holds no state.
 #[derive(Clone)]
@@ -79,7 +77,7 @@ impl Mutex {
         if owner != my_rev {
             // Wait for every earlier contender; if the session ends meanwhile, give up.
             tokio::select! {
-                waited = self.wait_for_predecessors(my_rev) => waited?,
+                waited = wait::wait_for_predecessors(&self.client, &self.prefix, my_rev) => waited?,
                 _ = session.expired() => return Err(Error::SessionExpired(session.lease())),
             }
         }
@@ -121,97 +119,13 @@ impl Mutex {
         }
     }
 
-    /// Creates this session's key if it has none yet (one transaction), and returns the key, its
-    /// create revision and the lowest create revision under the prefix (the holder's).
+    /// Creates this session's key if it has none yet; returns it, its create revision and the
+    /// holder's.
     async fn enqueue(&self, session: &Session) -> Result<(String, i64, i64)> {
         session.check()?;
         let key = format!("{}{:x}", self.prefix, session.lease());
-        let first = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1);
-        let txn = Txn::new()
-            .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
-            .and_then([
-                TxnOp::put(
-                    key.as_str(),
-                    "",
-                    Some(PutOptions::new().with_lease(session.lease())),
-                ),
-                TxnOp::get(self.prefix.as_str(), Some(first.clone())),
-            ])
-            .or_else([
-                TxnOp::get(key.as_str(), None),
-                TxnOp::get(self.prefix.as_str(), Some(first)),
-            ]);
-        // Not retried blindly: a create that may or may not have happened is re-read instead.
-        let resp = session.client().etcd().txn(txn).await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let ops = resp.op_responses();
-        let mine = if resp.succeeded() {
-            revision
-        } else {
-            match ops.first() {
-                Some(TxnOpResponse::Get(g)) => g.kvs().first().map_or(0, |kv| kv.create_revision()),
-                _ => 0,
-            }
-        };
-        let owner = match ops.get(1) {
-            Some(TxnOpResponse::Get(g)) => g.kvs().first().map_or(0, |kv| kv.create_revision()),
-            _ => 0,
-        };
-        if mine == 0 {
-            return Err(Error::LockLost(key));
-        }
-        Ok((key, mine, owner))
-    }
-
-    /// Waits until no key under the prefix has a create revision below `my_rev`: each round
-    /// watches the closest earlier key until it is deleted.
-    async fn wait_for_predecessors(&self, my_rev: i64) -> Result<()> {
-        loop {
-            let last = GetOptions::new()
-                .with_prefix()
-                .with_sort(SortTarget::Create, SortOrder::Descend)
-                .with_max_create_revision(my_rev - 1)
-                .with_limit(1);
-            let prefix = self.prefix.clone();
-            let resp = self
-                .client
-                .retry(|mut c| {
-                    let (prefix, last) = (prefix.clone(), last.clone());
-                    async move { c.get(prefix, Some(last)).await }
-                })
-                .await?;
-            let Some(before) = resp.kvs().first() else {
-                return Ok(());
-            };
-            let revision = resp.header().map_or(0, |h| h.revision());
-            wait_deleted(&self.client, before.key().to_vec(), revision + 1).await?;
-        }
-    }
-}
-
-/// Waits until `key` is deleted, watching from `from` on.
-async fn wait_deleted(client: &Client, key: Vec<u8>, from: i64) -> Result<()> {
-    let mut etcd = client.etcd();
-    let options = WatchOptions::new().with_start_revision(from);
-    let mut stream = etcd.watch(key, Some(options)).await?;
-    loop {
-        let Some(resp) = stream.message().await? else {
-            return Err(Error::WatchEnded("closed by the server".into()));
-        };
-        if resp.canceled() {
-            // Compacted past `from`: the key may be gone already; the caller re-reads.
-            return Ok(());
-        }
-        if resp
-            .events()
-            .iter()
-            .any(|e| e.event_type() == EventType::Delete)
-        {
-            return Ok(());
-        }
+        let place = wait::enqueue(&self.client, &self.prefix, &key, b"", session.lease()).await?;
+        Ok((key, place.mine, place.first))
     }
 }
 
@@ -247,7 +161,7 @@ impl MutexGuard {
             _ = session.wait_for(|s| *s == crate::SessionState::Expired) => {
                 Error::SessionExpired(self.lease)
             }
-            result = wait_deleted(&self.client, self.key.clone().into_bytes(), self.token) => {
+            result = wait::wait_deleted(&self.client, self.key.clone().into_bytes(), self.token) => {
                 match result {
                     Ok(()) => Error::LockLost(self.key.clone()),
                     Err(e) => e,
@@ -258,17 +172,10 @@ impl MutexGuard {
 
     /// Makes sure the key is still there after waiting (the session may have ended).
     async fn confirm(&self) -> Result<()> {
-        let key = self.key.clone();
-        let resp = self
-            .client
-            .retry(|mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await?;
-        match resp.kvs().first() {
-            Some(kv) if kv.create_revision() == self.token => Ok(()),
-            _ => Err(Error::LockLost(self.key.clone())),
+        if wait::still_mine(&self.client, &self.key, self.token).await? {
+            Ok(())
+        } else {
+            Err(Error::LockLost(self.key.clone()))
         }
     }
 

@@ -110,10 +110,6 @@ impl Session {
         }
     }
 
-    pub(crate) fn client(&self) -> &Client {
-        &self.client
-    }
-
     /// Stops the keepalives and revokes the lease: every key attached to it is deleted now.
     pub async fn close(self) -> Result<()> {
         self.keeper.abort();

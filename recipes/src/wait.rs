@@ -1,0 +1,130 @@
+//! The queue discipline shared by the Mutex and the Election, as in Go's `concurrency` package.
+//!
+//! Contenders for one name each own the key `<name>/<lease hex>`; they are ordered by the keys'
+//! create revisions, and the first one holds (the lock, or the leadership). [`enqueue`] creates
+//! the caller's key if it has none yet and reports where it stands; [`wait_for_predecessors`]
+//! waits until every key created before it is gone, watching only the closest one each time, so
+//! that a release wakes exactly one waiter (no thundering herd).
+
+use etcd_client::{
+    Compare, CompareOp, EventType, GetOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnOpResponse, WatchOptions,
+};
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+
+/// Where a contender stands after [`enqueue`].
+pub(crate) struct Place {
+    /// Its key's create revision (the fencing token, once it holds).
+    pub mine: i64,
+    /// The lowest create revision under the prefix: the holder's.
+    pub first: i64,
+    /// Its key's value (an existing key keeps its value).
+    pub value: Vec<u8>,
+}
+
+/// Creates `key` (attached to `lease`, with `value`) unless it exists, in one transaction that
+/// also reads the holder.
+pub(crate) async fn enqueue(
+    client: &Client,
+    prefix: &str,
+    key: &str,
+    value: &[u8],
+    lease: i64,
+) -> Result<Place> {
+    let first = GetOptions::new()
+        .with_prefix()
+        .with_sort(SortTarget::Create, SortOrder::Ascend)
+        .with_limit(1);
+    let txn = Txn::new()
+        .when([Compare::create_revision(key, CompareOp::Equal, 0)])
+        .and_then([
+            TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease))),
+            TxnOp::get(prefix, Some(first.clone())),
+        ])
+        .or_else([TxnOp::get(key, None), TxnOp::get(prefix, Some(first))]);
+    // Not retried blindly: a create that may or may not have happened is read back instead.
+    let resp = client.etcd().txn(txn).await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let ops = resp.op_responses();
+    let (mine, stored) = if resp.succeeded() {
+        (revision, value.to_vec())
+    } else {
+        match ops.first() {
+            Some(TxnOpResponse::Get(g)) => g.kvs().first().map_or((0, Vec::new()), |kv| {
+                (kv.create_revision(), kv.value().to_vec())
+            }),
+            _ => (0, Vec::new()),
+        }
+    };
+    let first = match ops.get(1) {
+        Some(TxnOpResponse::Get(g)) => g.kvs().first().map_or(0, |kv| kv.create_revision()),
+        _ => 0,
+    };
+    if mine == 0 {
+        return Err(Error::LockLost(key.to_string()));
+    }
+    Ok(Place {
+        mine,
+        first,
+        value: stored,
+    })
+}
+
+/// Waits until no key under `prefix` has a create revision below `mine`.
+pub(crate) async fn wait_for_predecessors(client: &Client, prefix: &str, mine: i64) -> Result<()> {
+    loop {
+        let last = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Descend)
+            .with_max_create_revision(mine - 1)
+            .with_limit(1);
+        let resp = client
+            .retry(|mut c| {
+                let (prefix, last) = (prefix.to_string(), last.clone());
+                async move { c.get(prefix, Some(last)).await }
+            })
+            .await?;
+        let Some(before) = resp.kvs().first() else {
+            return Ok(());
+        };
+        let revision = resp.header().map_or(0, |h| h.revision());
+        wait_deleted(client, before.key().to_vec(), revision + 1).await?;
+    }
+}
+
+/// Waits until `key` is deleted, watching from revision `from` on. A watch canceled by
+/// compaction returns too: the caller reads the state again.
+pub(crate) async fn wait_deleted(client: &Client, key: Vec<u8>, from: i64) -> Result<()> {
+    let mut etcd = client.etcd();
+    let options = WatchOptions::new().with_start_revision(from);
+    let mut stream = etcd.watch(key, Some(options)).await?;
+    loop {
+        let Some(resp) = stream.message().await? else {
+            return Err(Error::WatchEnded("closed by the server".into()));
+        };
+        if resp.canceled()
+            || resp
+                .events()
+                .iter()
+                .any(|e| e.event_type() == EventType::Delete)
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// Reads `key` and checks that it still has create revision `token`.
+pub(crate) async fn still_mine(client: &Client, key: &str, token: i64) -> Result<bool> {
+    let resp = client
+        .retry(|mut c| {
+            let key = key.to_string();
+            async move { c.get(key, None).await }
+        })
+        .await?;
+    Ok(resp
+        .kvs()
+        .first()
+        .is_some_and(|kv| kv.create_revision() == token))
+}
