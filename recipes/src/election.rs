@@ -14,13 +14,14 @@
 //! [`Election::observe`] follows the leader: it yields the current leader's proposal on every
 //! change (a new leader, or a new proclamation), and `None` when there is none.
 
-use etcd_client::{Compare, CompareOp, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
+use etcd_client::{Compare, EventType, GetOptions, SortOrder, SortTarget, TxnOp};
 use futures::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::guard::Guard;
 use crate::session::Session;
 use crate::wait;
 
@@ -46,12 +47,8 @@ pub struct Leader {
 /// Proof of leading an [`Election`]; resign with [`Leadership::resign`] (dropping it does too, in
 /// the background).
 pub struct Leadership {
-    client: Client,
-    key: String,
-    token: i64,
-    lease: i64,
-    session: tokio::sync::watch::Receiver<crate::SessionState>,
-    resigned: bool,
+    /// The candidate's key, held like a lock.
+    guard: Guard,
 }
 
 impl Election {
@@ -89,12 +86,7 @@ impl Election {
         let place =
             wait::enqueue(&self.client, &self.prefix, &key, &proposal, session.lease()).await?;
         let leadership = Leadership {
-            client: self.client.clone(),
-            key,
-            token: place.mine,
-            lease: session.lease(),
-            session: session.watch_state(),
-            resigned: false,
+            guard: Guard::new(&self.client, session, key, place.mine),
         };
         if place.value != proposal {
             // This session campaigned before with another proposal: keep the key, update it.
@@ -106,9 +98,7 @@ impl Election {
                 _ = session.expired() => return Err(Error::SessionExpired(session.lease())),
             }
         }
-        if !wait::still_mine(&self.client, &leadership.key, leadership.token).await? {
-            return Err(Error::LockLost(leadership.key.clone()));
-        }
+        leadership.guard.confirm().await?;
         Ok(leadership)
     }
 
@@ -200,85 +190,47 @@ impl Election {
 impl Leadership {
     /// The leader's key (`<name>/<lease hex>`).
     pub fn key(&self) -> &str {
-        &self.key
+        self.guard.key()
     }
 
     /// The term's fencing token: the key's create revision, larger for every later leader.
     pub fn fencing_token(&self) -> i64 {
-        self.token
+        self.guard.fencing_token()
     }
 
     /// The comparison that holds exactly while this leadership lasts.
     pub fn held(&self) -> Compare {
-        Compare::create_revision(self.key.as_str(), CompareOp::Equal, self.token)
+        self.guard.held()
     }
 
     /// Runs `ops` atomically if, and only if, this is still the leader; returns whether it was.
     pub async fn txn_if_leader(&self, ops: Vec<TxnOp>) -> Result<bool> {
-        let txn = Txn::new().when([self.held()]).and_then(ops);
-        Ok(self.client.etcd().txn(txn).await?.succeeded())
+        self.guard.txn_if_held(ops).await
     }
 
     /// Publishes a new proposal without giving up leadership; fails with [`Error::LockLost`] if
     /// the leadership is gone.
     pub async fn proclaim(&self, proposal: impl Into<Vec<u8>>) -> Result<()> {
         let put = TxnOp::put(
-            self.key.as_str(),
+            self.key(),
             proposal.into(),
-            Some(etcd_client::PutOptions::new().with_lease(self.lease)),
+            Some(etcd_client::PutOptions::new().with_lease(self.guard.lease())),
         );
         if self.txn_if_leader(vec![put]).await? {
             Ok(())
         } else {
-            Err(Error::LockLost(self.key.clone()))
+            Err(Error::LockLost(self.key().to_string()))
         }
     }
 
     /// Resolves once the leadership is lost: its key was deleted, or the session expired.
     pub async fn lost(&self) -> Error {
-        let mut session = self.session.clone();
-        tokio::select! {
-            _ = session.wait_for(|s| *s == crate::SessionState::Expired) => {
-                Error::SessionExpired(self.lease)
-            }
-            result = wait::wait_deleted(&self.client, self.key.clone().into_bytes(), self.token) => {
-                match result {
-                    Ok(()) => Error::LockLost(self.key.clone()),
-                    Err(e) => e,
-                }
-            }
-        }
+        self.guard.lost().await
     }
 
-    /// Gives up leadership: deletes the key (only if it is still this term's).
-    pub async fn resign(mut self) -> Result<()> {
-        self.resigned = true;
-        let txn = Txn::new()
-            .when([self.held()])
-            .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        self.client
-            .retry(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        Ok(())
-    }
-}
-
-impl Drop for Leadership {
-    fn drop(&mut self) {
-        if self.resigned {
-            return;
-        }
-        let txn = Txn::new()
-            .when([self.held()])
-            .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        let mut etcd = self.client.etcd();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = etcd.txn(txn).await;
-            });
-        }
+    /// Gives up leadership: deletes the key (only if it is still this term's). Dropping the
+    /// leadership does the same in the background.
+    pub async fn resign(self) -> Result<()> {
+        self.guard.unlock().await
     }
 }

@@ -9,22 +9,31 @@
 //! - [`Session`]: a lease kept alive in the background, with a state you can watch
 //!   (Alive → Suspect → Expired).
 //! - [`Mutex`]: a distributed lock whose guard carries a **fencing token** and a `lost()` future.
+//! - [`RwLock`]: shared readers, an exclusive writer, no writer starvation.
+//! - [`Semaphore`]: at most N holders at once.
 //! - [`Election`]: campaign, proclaim, resign, the current leader, and a stream that follows it;
 //!   the leadership carries a fencing token.
 //!
-//! Left out so far (the SDK issue lists them; they come next, each in its own module): rw-lock,
-//! semaphore, queues, barriers, service registry, typed config, tonic resolver, and key
-//! namespacing.
+//! Every lock's [`Guard`] carries a fencing token, a `lost()` future and conditional writes.
+//!
+//! Left out so far (the SDK issue lists them; they come next, each in its own module): queues,
+//! barriers, service registry, typed config, tonic resolver, and key namespacing.
 
 mod client;
 mod election;
 mod error;
+mod guard;
 mod mutex;
+mod rwlock;
+mod semaphore;
 mod session;
 mod wait;
 
 pub use client::Client;
 pub use election::{Election, Leader, Leadership};
 pub use error::{Error, Result};
+pub use guard::Guard;
 pub use mutex::{Mutex, MutexGuard};
+pub use rwlock::RwLock;
+pub use semaphore::Semaphore;
 pub use session::{DEFAULT_TTL, Session, SessionState};

@@ -21,12 +21,14 @@
 
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, Txn, TxnOp};
-
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::guard::Guard;
 use crate::session::Session;
 use crate::wait;
+
+/// Proof of holding a [`Mutex`] (see [`Guard`]).
+pub type MutexGuard = Guard;
 
 /// A named distributed mutex (see the module doc). Cheap to create: it holds no state.
 #[derive(Clone)]
@@ -34,17 +36,6 @@ pub struct Mutex {
     client: Client,
     /// `<name>/`: every contender's key is under it.
     prefix: String,
-}
-
-/// Proof of holding a [`Mutex`]. Dropping it releases the lock (in the background); prefer
-/// [`MutexGuard::unlock`], which reports errors.
-pub struct MutexGuard {
-    client: Client,
-    key: String,
-    token: i64,
-    lease: i64,
-    session: tokio::sync::watch::Receiver<crate::SessionState>,
-    released: bool,
 }
 
 impl Mutex {
@@ -73,7 +64,7 @@ impl Mutex {
     /// ```
     pub async fn lock(&self, session: &Session) -> Result<MutexGuard> {
         let (key, my_rev, owner) = self.enqueue(session).await?;
-        let guard = self.guard(session, key, my_rev);
+        let guard = Guard::new(&self.client, session, key, my_rev);
         if owner != my_rev {
             // Wait for every earlier contender; if the session ends meanwhile, give up.
             tokio::select! {
@@ -88,7 +79,7 @@ impl Mutex {
     /// Takes the lock if nobody holds it; `None` (and nothing left behind) otherwise.
     pub async fn try_lock(&self, session: &Session) -> Result<Option<MutexGuard>> {
         let (key, my_rev, owner) = self.enqueue(session).await?;
-        let guard = self.guard(session, key, my_rev);
+        let guard = Guard::new(&self.client, session, key, my_rev);
         if owner == my_rev {
             return Ok(Some(guard));
         }
@@ -108,17 +99,6 @@ impl Mutex {
         }
     }
 
-    fn guard(&self, session: &Session, key: String, token: i64) -> MutexGuard {
-        MutexGuard {
-            client: self.client.clone(),
-            key,
-            token,
-            lease: session.lease(),
-            session: session.watch_state(),
-            released: false,
-        }
-    }
-
     /// Creates this session's key if it has none yet; returns it, its create revision and the
     /// holder's.
     async fn enqueue(&self, session: &Session) -> Result<(String, i64, i64)> {
@@ -126,88 +106,5 @@ impl Mutex {
         let key = format!("{}{:x}", self.prefix, session.lease());
         let place = wait::enqueue(&self.client, &self.prefix, &key, b"", session.lease()).await?;
         Ok((key, place.mine, place.first))
-    }
-}
-
-impl MutexGuard {
-    /// The key that holds the lock (`<name>/<lease hex>`).
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// The lock's fencing token: its key's create revision. Every later acquisition of this lock,
-    /// by anyone, gets a larger token (see the module doc).
-    pub fn fencing_token(&self) -> i64 {
-        self.token
-    }
-
-    /// The comparison that holds exactly while this guard still owns the lock: use it in your own
-    /// transactions.
-    pub fn held(&self) -> Compare {
-        Compare::create_revision(self.key.as_str(), CompareOp::Equal, self.token)
-    }
-
-    /// Runs `ops` atomically if, and only if, the lock is still held; returns whether it was.
-    pub async fn txn_if_held(&self, ops: Vec<TxnOp>) -> Result<bool> {
-        let txn = Txn::new().when([self.held()]).and_then(ops);
-        Ok(self.client.etcd().txn(txn).await?.succeeded())
-    }
-
-    /// Resolves with the reason once the lock is lost: its key was deleted, or the session
-    /// expired. Never resolves while the lock is held.
-    pub async fn lost(&self) -> Error {
-        let mut session = self.session.clone();
-        tokio::select! {
-            _ = session.wait_for(|s| *s == crate::SessionState::Expired) => {
-                Error::SessionExpired(self.lease)
-            }
-            result = wait::wait_deleted(&self.client, self.key.clone().into_bytes(), self.token) => {
-                match result {
-                    Ok(()) => Error::LockLost(self.key.clone()),
-                    Err(e) => e,
-                }
-            }
-        }
-    }
-
-    /// Makes sure the key is still there after waiting (the session may have ended).
-    async fn confirm(&self) -> Result<()> {
-        if wait::still_mine(&self.client, &self.key, self.token).await? {
-            Ok(())
-        } else {
-            Err(Error::LockLost(self.key.clone()))
-        }
-    }
-
-    /// Releases the lock: deletes the key (only if it is still this guard's).
-    pub async fn unlock(mut self) -> Result<()> {
-        self.released = true;
-        let txn = Txn::new()
-            .when([self.held()])
-            .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        self.client
-            .retry(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
-        Ok(())
-    }
-}
-
-impl Drop for MutexGuard {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        let txn = Txn::new()
-            .when([self.held()])
-            .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        let mut etcd = self.client.etcd();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                let _ = etcd.txn(txn).await;
-            });
-        }
     }
 }
