@@ -16,9 +16,13 @@
 //!
 //! Every lock's [`Guard`] carries a fencing token, a `lost()` future and conditional writes.
 //!
+//! - [`Barrier`] (hold, release, wait) and [`DoubleBarrier`] (N participants enter and leave
+//!   together).
+//!
 //! Left out so far (the SDK issue lists them; they come next, each in its own module): queues,
-//! barriers, service registry, typed config, tonic resolver, and key namespacing.
+//! service registry, typed config, tonic resolver, and key namespacing.
 
+mod barrier;
 mod client;
 mod election;
 mod error;
@@ -29,6 +33,7 @@ mod semaphore;
 mod session;
 mod wait;
 
+pub use barrier::{Barrier, DoubleBarrier};
 pub use client::Client;
 pub use election::{Election, Leader, Leadership};
 pub use error::{Error, Result};
