@@ -19,8 +19,10 @@
 //! - [`Barrier`] (hold, release, wait) and [`DoubleBarrier`] (N participants enter and leave
 //!   together).
 //!
-//! Left out so far (the SDK issue lists them; they come next, each in its own module): queues,
-//! service registry, typed config, tonic resolver, and key namespacing.
+//! - [`Queue`] (FIFO) and [`PriorityQueue`], with blocking pops; each item goes to one consumer.
+//!
+//! Left out so far (the SDK issue lists them; they come next, each in its own module): a reliable
+//! work queue, service registry, typed config, tonic resolver, and key namespacing.
 
 mod barrier;
 mod client;
@@ -28,6 +30,7 @@ mod election;
 mod error;
 mod guard;
 mod mutex;
+mod queue;
 mod rwlock;
 mod semaphore;
 mod session;
@@ -39,6 +42,7 @@ pub use election::{Election, Leader, Leadership};
 pub use error::{Error, Result};
 pub use guard::Guard;
 pub use mutex::{Mutex, MutexGuard};
+pub use queue::{PriorityQueue, Queue};
 pub use rwlock::RwLock;
 pub use semaphore::Semaphore;
 pub use session::{DEFAULT_TTL, Session, SessionState};
