@@ -20,6 +20,9 @@ pub enum Error {
     /// The operation did not finish in the time given.
     #[error("timed out")]
     Timeout,
+    /// An argument could not be used (e.g. metadata that does not serialize to JSON).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
     /// A watch ended before the awaited change arrived.
     #[error("the watch stream ended: {0}")]
     WatchEnded(String),

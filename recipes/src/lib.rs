@@ -21,8 +21,11 @@
 //!
 //! - [`Queue`] (FIFO) and [`PriorityQueue`], with blocking pops; each item goes to one consumer.
 //!
+//! - [`ServiceRegistry`]: register instances with TTL heartbeats that never give up; discover
+//!   them and follow changes (etcd's naming layout, seen by Go gRPC resolvers too).
+//!
 //! Left out so far (the SDK issue lists them; they come next, each in its own module): a reliable
-//! work queue, service registry, typed config, tonic resolver, and key namespacing.
+//! work queue, typed config, tonic resolver, and key namespacing.
 
 mod barrier;
 mod client;
@@ -31,6 +34,7 @@ mod error;
 mod guard;
 mod mutex;
 mod queue;
+mod registry;
 mod rwlock;
 mod semaphore;
 mod session;
@@ -43,6 +47,7 @@ pub use error::{Error, Result};
 pub use guard::Guard;
 pub use mutex::{Mutex, MutexGuard};
 pub use queue::{PriorityQueue, Queue};
+pub use registry::{Change, Instance, Registration, ServiceRegistry};
 pub use rwlock::RwLock;
 pub use semaphore::Semaphore;
 pub use session::{DEFAULT_TTL, Session, SessionState};

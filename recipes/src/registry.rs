@@ -1,0 +1,286 @@
+//! Service registration and discovery with TTL heartbeats, on etcd's naming layout.
+//!
+//! An instance of service `svc` is the key `<svc>/<addr>` whose value is the JSON
+//! `{"Addr": "<addr>", "Metadata": <your metadata>}` — the layout of etcd's Go
+//! `client/v3/naming/endpoints`, so Go gRPC clients using etcd's resolver see the same
+//! instances. The key is attached to a lease kept alive in the background.
+//!
+//! [`ServiceRegistry::register`] never gives up: if the lease is lost (the server was unreachable
+//! for longer than the TTL, or the lease was revoked), it grants a new one and registers again,
+//! retrying with backoff while the server is down. [`Registration::deregister`] (or dropping the
+//! registration) removes the instance at once; a crashed process's instance disappears when its
+//! lease expires, one TTL later.
+//!
+//! [`ServiceRegistry::discover`] returns the instances and a stream of changes from that
+//! revision on. When the change stream cannot continue exactly (the history it needs was
+//! compacted), it lists the instances again and says so with [`Change::Resync`] instead of
+//! skipping anything silently.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use crate::session::Session;
+
+/// A registered instance, as discovery reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    #[serde(rename = "Addr")]
+    pub addr: String,
+    #[serde(rename = "Metadata", default)]
+    pub metadata: serde_json::Value,
+}
+
+/// A change to a service's instances.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// An instance registered (or changed its metadata).
+    Up(Instance),
+    /// The instance at this address is gone.
+    Down(String),
+    /// The change stream had to start over: these are all the instances now.
+    Resync(Vec<Instance>),
+}
+
+/// Registers and discovers service instances (see the module doc).
+#[derive(Clone)]
+pub struct ServiceRegistry {
+    client: Client,
+}
+
+/// A live registration; [`Registration::deregister`] or drop it to remove the instance.
+pub struct Registration {
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+    /// How many times the instance was (re)registered: 1 after the first registration.
+    registrations: watch::Receiver<u64>,
+}
+
+impl ServiceRegistry {
+    pub fn new(client: &Client) -> ServiceRegistry {
+        ServiceRegistry {
+            client: client.clone(),
+        }
+    }
+
+    /// Registers `addr` under `service` with `metadata`, kept alive with a lease of `ttl` seconds.
+    /// Returns once the first registration is written.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> concord_recipes::Result<()> {
+    /// use concord_recipes::{Client, ServiceRegistry};
+    /// let client = Client::connect(["127.0.0.1:2379"]).await?;
+    /// let registry = ServiceRegistry::new(&client);
+    /// let me = registry
+    ///     .register("greeter", "10.0.0.7:50051", serde_json::json!({"zone": "a"}), 10)
+    ///     .await?;
+    /// let (instances, _changes) = registry.discover("greeter").await?;
+    /// me.deregister().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn register(
+        &self,
+        service: &str,
+        addr: &str,
+        metadata: impl Serialize,
+        ttl: i64,
+    ) -> Result<Registration> {
+        let instance = Instance {
+            addr: addr.to_string(),
+            metadata: serde_json::to_value(metadata)
+                .map_err(|e| Error::Invalid(format!("metadata is not JSON: {e}")))?,
+        };
+        let value = serde_json::to_vec(&instance).expect("a Value serializes");
+        let key = format!("{service}/{addr}");
+        let (stop, stop_rx) = watch::channel(false);
+        let (count_tx, mut registrations) = watch::channel(0u64);
+        let task = tokio::spawn(heartbeat(
+            self.client.clone(),
+            key,
+            value,
+            ttl,
+            stop_rx,
+            count_tx,
+        ));
+        let first = registrations.wait_for(|n| *n > 0).await.map(|_| ());
+        first.map_err(|_| Error::WatchEnded("the registration task ended".into()))?;
+        Ok(Registration {
+            stop,
+            task: Some(task),
+            registrations,
+        })
+    }
+
+    /// The instances of `service` now, and a stream of changes after them.
+    pub async fn discover(
+        &self,
+        service: &str,
+    ) -> Result<(
+        Vec<Instance>,
+        impl Stream<Item = Result<Change>> + Send + 'static,
+    )> {
+        let prefix = format!("{service}/");
+        let (instances, revision) = list(&self.client, &prefix).await?;
+        let (tx, rx) = mpsc::channel(64);
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = follow(client, prefix, revision, &tx).await {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok((instances, ReceiverStream::new(rx)))
+    }
+}
+
+impl Registration {
+    /// How many times the instance has been registered (it re-registers after losing its lease).
+    pub fn registrations(&self) -> u64 {
+        *self.registrations.borrow()
+    }
+
+    /// Removes the instance now (revokes its lease) and stops the heartbeat.
+    pub async fn deregister(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Registration {
+    /// Stops the heartbeat; the task revokes the lease on its way out.
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Keeps `key` registered until `stop` (see the module doc).
+async fn heartbeat(
+    client: Client,
+    key: String,
+    value: Vec<u8>,
+    ttl: i64,
+    mut stop: watch::Receiver<bool>,
+    registrations: watch::Sender<u64>,
+) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            let session = Session::new(&client, ttl).await?;
+            let (k, v, lease) = (key.clone(), value.clone(), session.lease());
+            client
+                .retry(|mut c| {
+                    let (k, v) = (k.clone(), v.clone());
+                    async move { c.put(k, v, Some(PutOptions::new().with_lease(lease))).await }
+                })
+                .await?;
+            Ok::<Session, Error>(session)
+        };
+        let session = tokio::select! {
+            session = attempt => session,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match session {
+            Ok(session) => {
+                backoff = Duration::from_millis(100);
+                registrations.send_modify(|n| *n += 1);
+                let stopped = tokio::select! {
+                    _ = session.expired() => false,
+                    _ = stop.wait_for(|s| *s) => true,
+                };
+                if stopped {
+                    let _ = session.close().await; // deletes the key
+                    return;
+                }
+                tracing::warn!(%key, "registration lost its lease; registering again");
+            }
+            Err(e) => {
+                tracing::warn!(%key, error = %e, ?backoff, "registering failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// The instances under `prefix` and the revision they were read at.
+async fn list(client: &Client, prefix: &str) -> Result<(Vec<Instance>, i64)> {
+    let resp = client
+        .retry(|mut c| {
+            let prefix = prefix.to_string();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })
+        .await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let instances = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
+        .collect();
+    Ok((instances, revision))
+}
+
+/// Sends the changes under `prefix` after `revision` until the receiver goes away.
+async fn follow(
+    client: Client,
+    prefix: String,
+    mut revision: i64,
+    tx: &mpsc::Sender<Result<Change>>,
+) -> Result<()> {
+    loop {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        let mut etcd = client.etcd();
+        let mut stream = etcd.watch(prefix.clone(), Some(options)).await?;
+        loop {
+            let resp = tokio::select! {
+                resp = stream.message() => resp?,
+                _ = tx.closed() => return Ok(()),
+            };
+            let Some(resp) = resp else {
+                return Err(Error::WatchEnded("closed by the server".into()));
+            };
+            if resp.canceled() {
+                // Compacted past where we were: list again, and say so.
+                let (instances, at) = list(&client, &prefix).await?;
+                revision = at;
+                if tx.send(Ok(Change::Resync(instances))).await.is_err() {
+                    return Ok(());
+                }
+                break;
+            }
+            let mut changes = BTreeMap::new();
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                revision = revision.max(kv.mod_revision());
+                let addr = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+                let change = match event.event_type() {
+                    EventType::Delete => Change::Down(addr.clone()),
+                    EventType::Put => match serde_json::from_slice(kv.value()) {
+                        Ok(instance) => Change::Up(instance),
+                        Err(_) => continue, // not an instance record
+                    },
+                };
+                changes.insert((kv.mod_revision(), addr), change);
+            }
+            for (_, change) in changes {
+                if tx.send(Ok(change)).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
