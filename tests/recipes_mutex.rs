@@ -229,12 +229,13 @@ async fn the_lock_excludes_etcdctl_lock_both_ways(endpoint: &str, etcdctl: &std:
         .unwrap();
     let mut line = String::new();
     let stdout = holder.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
+    // The reader is kept until etcdctl exits: closing its stdout early would kill it with SIGPIPE
+    // when it prints on the way out, before it releases the lock.
+    let (line, _stdout) = tokio::task::spawn_blocking(move || {
         use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .unwrap();
-        line
+        let mut reader = std::io::BufReader::new(stdout);
+        reader.read_line(&mut line).unwrap();
+        (line, reader)
     })
     .await
     .unwrap();
@@ -245,10 +246,32 @@ async fn the_lock_excludes_etcdctl_lock_both_ways(endpoint: &str, etcdctl: &std:
         .args(["-INT", &holder.id().to_string()])
         .status()
         .unwrap();
-    let guard = mutex
-        .lock_timeout(&session, Duration::from_secs(10))
-        .await
-        .expect("ours once etcdctl let go");
+    let guard = match mutex.lock_timeout(&session, Duration::from_secs(10)).await {
+        Ok(g) => g,
+        Err(e) => {
+            let keys = client
+                .etcd()
+                .get("shared-lock/", Some(GetOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            let keys: Vec<_> = keys
+                .kvs()
+                .iter()
+                .map(|kv| {
+                    (
+                        kv.key_str().unwrap().to_string(),
+                        kv.create_revision(),
+                        kv.lease(),
+                    )
+                })
+                .collect();
+            panic!(
+                "not ours once etcdctl let go: {e:?}; mine {:x}; keys {keys:?}; etcdctl {:?}",
+                session.lease(),
+                holder.try_wait()
+            );
+        }
+    };
     let _ = holder.wait();
     guard.unlock().await.unwrap();
     session.close().await.unwrap();

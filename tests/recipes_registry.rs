@@ -102,6 +102,12 @@ async fn instances_register_deregister_and_come_back(endpoint: &str) {
         Change::Up(instance) => assert_eq!(instance.addr, "10.0.0.2:50051"),
         other => panic!("expected b back, got {other:?}"),
     }
+    // The task counts the registration right after its put; the watcher may see the put first.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.registrations() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "registered twice");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(b.registrations(), 2);
     drop(b); // deregisters in the background
     assert_eq!(
