@@ -141,8 +141,10 @@ struct Stream {
     watchers: HashMap<WatchId, Watcher>,
     /// The next id etcd would pick.
     next_id: WatchId,
-    /// A progress request waits until every watcher is synced.
-    progress_pending: bool,
+    /// A deferred progress request, with the lowest revision it may report: the store's revision
+    /// when it was asked (every write acknowledged before it), which the hub may not have
+    /// dispatched yet. It waits for that and for every watcher to be synced.
+    progress_pending: Option<Rev>,
 }
 
 impl Stream {
@@ -152,16 +154,19 @@ impl Stream {
         self.watchers.values().all(|w| w.synced)
     }
 
-    /// Answers a deferred progress request once it can be answered; the flag stays set until a
+    /// Answers a deferred progress request once it can be answered; it stays pending until a
     /// send succeeds.
     fn maybe_answer_progress(&mut self, current: Rev) {
-        if self.progress_pending && self.all_synced() {
+        let Some(at_least) = self.progress_pending else {
+            return;
+        };
+        if current >= at_least && self.all_synced() {
             let progress = Delivery::Progress {
                 watch_id: -1,
                 revision: current,
             };
             if self.tx.try_send(progress).is_ok() {
-                self.progress_pending = false;
+                self.progress_pending = None;
             }
         }
     }
@@ -218,7 +223,7 @@ impl Hub {
                 tx,
                 watchers: HashMap::new(),
                 next_id: 0,
-                progress_pending: false,
+                progress_pending: None,
             },
         );
         id
@@ -311,22 +316,24 @@ impl Hub {
         }
     }
 
-    /// A progress request: answered at once if every watcher of the stream is synced, otherwise
-    /// as soon as they are.
+    /// A progress request: answered at once if every watcher of the stream is synced and the hub
+    /// has dispatched every write acknowledged so far; otherwise as soon as both hold (etcd
+    /// reports at least the revision of the writes that preceded the request).
     pub fn request_progress(&self, stream: StreamId, slot: mpsc::Permit<'_, Delivery>) {
         let mut state = self.state.lock();
         let revision = state.current;
+        let at_least = self.kv.current_revision();
         let Some(s) = state.streams.get_mut(&stream) else {
             return;
         };
-        if s.all_synced() {
-            s.progress_pending = false;
+        if s.all_synced() && revision >= at_least {
+            s.progress_pending = None;
             slot.send(Delivery::Progress {
                 watch_id: -1,
                 revision,
             });
         } else {
-            s.progress_pending = true;
+            s.progress_pending = Some(s.progress_pending.map_or(at_least, |r| r.max(at_least)));
         }
     }
 
