@@ -12,25 +12,16 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use concord::recipes::{Barrier, Client, DoubleBarrier, Session};
-use concord::store::{Server, ServerConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn barrier_stories_on_concord_and_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let concord = Server::start(ServerConfig::for_test(dir.path()))
-        .await
-        .unwrap();
-    let etcd = common::EtcdBinaries::find().map(|bins| common::EtcdProcess::start(&bins));
-    let mut endpoints = vec![("concord", concord.client_addr().to_string())];
-    if let Some(process) = &etcd {
-        endpoints.push(("etcd", process.endpoint.clone()));
-    }
-    for (name, endpoint) in endpoints {
+    let targets = common::Targets::start().await;
+    for (name, endpoint) in targets.endpoints() {
         println!("--- {name}");
         a_barrier_releases_every_waiter(&endpoint).await;
         a_double_barrier_lets_three_in_and_out_together(&endpoint).await;
     }
-    concord.shutdown().await.unwrap();
+    targets.concord.shutdown().await.unwrap();
 }
 
 async fn a_barrier_releases_every_waiter(endpoint: &str) {

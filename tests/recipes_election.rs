@@ -14,32 +14,20 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use concord::recipes::{Client, Election, Error, Leader, Result, Session};
-use concord::store::{Server, ServerConfig};
 use futures::StreamExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn election_stories_on_concord_and_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let concord = Server::start(ServerConfig::for_test(dir.path()))
-        .await
-        .unwrap();
-    let etcd = common::EtcdBinaries::find().map(|bins| {
-        let etcdctl = bins.etcdctl().to_path_buf();
-        (common::EtcdProcess::start(&bins), etcdctl)
-    });
-    let mut endpoints = vec![("concord", concord.client_addr().to_string())];
-    if let Some((process, _)) = &etcd {
-        endpoints.push(("etcd", process.endpoint.clone()));
-    }
-    for (name, endpoint) in endpoints {
+    let targets = common::Targets::start().await;
+    for (name, endpoint) in targets.endpoints() {
         println!("--- {name}");
         at_most_one_leader_and_terms_only_grow(&endpoint).await;
         a_killed_leader_is_replaced_and_observers_follow(&endpoint).await;
-        if let Some((_, etcdctl)) = &etcd {
-            etcdctl_elect_and_the_recipe_see_each_other(&endpoint, etcdctl).await;
+        if let Some(etcdctl) = targets.etcdctl() {
+            etcdctl_elect_and_the_recipe_see_each_other(&endpoint, &etcdctl).await;
         }
     }
-    concord.shutdown().await.unwrap();
+    targets.concord.shutdown().await.unwrap();
 }
 
 async fn at_most_one_leader_and_terms_only_grow(endpoint: &str) {

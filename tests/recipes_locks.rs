@@ -11,26 +11,17 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use concord::recipes::{Client, RwLock, Semaphore, Session};
-use concord::store::{Server, ServerConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lock_stories_on_concord_and_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let concord = Server::start(ServerConfig::for_test(dir.path()))
-        .await
-        .unwrap();
-    let etcd = common::EtcdBinaries::find().map(|bins| common::EtcdProcess::start(&bins));
-    let mut endpoints = vec![("concord", concord.client_addr().to_string())];
-    if let Some(process) = &etcd {
-        endpoints.push(("etcd", process.endpoint.clone()));
-    }
-    for (name, endpoint) in endpoints {
+    let targets = common::Targets::start().await;
+    for (name, endpoint) in targets.endpoints() {
         println!("--- {name}");
         readers_share_and_a_writer_waits_for_them(&endpoint).await;
         writers_are_alone_under_contention(&endpoint).await;
         a_semaphore_of_two_admits_two_and_never_three(&endpoint).await;
     }
-    concord.shutdown().await.unwrap();
+    targets.concord.shutdown().await.unwrap();
 }
 
 async fn readers_share_and_a_writer_waits_for_them(endpoint: &str) {

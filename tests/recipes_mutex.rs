@@ -13,50 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use concord::recipes::{Client, Error, Mutex, Session, SessionState};
-use concord::store::{Server, ServerConfig};
 use etcd_client::{GetOptions, TxnOp};
-
-/// The servers every story runs against: Concord, and etcd when installed.
-struct Targets {
-    concord: Server,
-    _dir: tempfile::TempDir,
-    etcd: Option<(common::EtcdProcess, std::path::PathBuf)>,
-}
-
-impl Targets {
-    async fn start() -> Targets {
-        let dir = tempfile::tempdir().unwrap();
-        let concord = Server::start(ServerConfig::for_test(dir.path()))
-            .await
-            .unwrap();
-        let etcd = common::EtcdBinaries::find().map(|bins| {
-            let etcdctl = bins.etcdctl().to_path_buf();
-            (common::EtcdProcess::start(&bins), etcdctl)
-        });
-        Targets {
-            concord,
-            _dir: dir,
-            etcd,
-        }
-    }
-
-    /// `(name, endpoint)` of each server.
-    fn endpoints(&self) -> Vec<(&'static str, String)> {
-        let mut out = vec![("concord", self.concord.client_addr().to_string())];
-        if let Some((etcd, _)) = &self.etcd {
-            out.push(("etcd", etcd.endpoint.clone()));
-        }
-        out
-    }
-
-    fn etcdctl(&self) -> Option<std::path::PathBuf> {
-        self.etcd.as_ref().map(|(_, ctl)| ctl.clone())
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutex_stories_on_concord_and_etcd() {
-    let targets = Targets::start().await;
+    let targets = common::Targets::start().await;
     for (name, endpoint) in targets.endpoints() {
         println!("--- {name}");
         counter_under_the_lock_loses_no_update(&endpoint).await;

@@ -12,25 +12,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use concord::recipes::{Client, PriorityQueue, Queue};
-use concord::store::{Server, ServerConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_stories_on_concord_and_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let concord = Server::start(ServerConfig::for_test(dir.path()))
-        .await
-        .unwrap();
-    let etcd = common::EtcdBinaries::find().map(|bins| common::EtcdProcess::start(&bins));
-    let mut endpoints = vec![("concord", concord.client_addr().to_string())];
-    if let Some(process) = &etcd {
-        endpoints.push(("etcd", process.endpoint.clone()));
-    }
-    for (name, endpoint) in endpoints {
+    let targets = common::Targets::start().await;
+    for (name, endpoint) in targets.endpoints() {
         println!("--- {name}");
         every_item_is_popped_once_in_order(&endpoint).await;
         a_priority_queue_serves_the_lowest_number_first(&endpoint).await;
     }
-    concord.shutdown().await.unwrap();
+    targets.concord.shutdown().await.unwrap();
 }
 
 async fn every_item_is_popped_once_in_order(endpoint: &str) {

@@ -10,25 +10,16 @@ mod common;
 use std::time::Duration;
 
 use concord::recipes::{Change, Client, ServiceRegistry};
-use concord::store::{Server, ServerConfig};
 use futures::{Stream, StreamExt};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_stories_on_concord_and_etcd() {
-    let dir = tempfile::tempdir().unwrap();
-    let concord = Server::start(ServerConfig::for_test(dir.path()))
-        .await
-        .unwrap();
-    let etcd = common::EtcdBinaries::find().map(|bins| common::EtcdProcess::start(&bins));
-    let mut endpoints = vec![("concord", concord.client_addr().to_string())];
-    if let Some(process) = &etcd {
-        endpoints.push(("etcd", process.endpoint.clone()));
-    }
-    for (name, endpoint) in endpoints {
+    let targets = common::Targets::start().await;
+    for (name, endpoint) in targets.endpoints() {
         println!("--- {name}");
         instances_register_deregister_and_come_back(&endpoint).await;
     }
-    concord.shutdown().await.unwrap();
+    targets.concord.shutdown().await.unwrap();
 }
 
 async fn next(

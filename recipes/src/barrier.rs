@@ -11,11 +11,12 @@
 //! [`DoubleBarrier::leave`] deregisters and waits until every participant has left (the last one
 //! out deletes `<name>/ready`, re-arming the barrier).
 
-use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{EventType, GetOptions, PutOptions};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::session::Session;
+use crate::wait;
 
 /// A single barrier (see the module doc).
 #[derive(Clone)]
@@ -83,7 +84,14 @@ impl Barrier {
                 return Ok(());
             }
             let from = resp.header().map_or(0, |h| h.revision()) + 1;
-            watch_until(&self.client, &self.key, false, from, EventType::Delete).await?;
+            wait::watch_for(
+                &self.client,
+                self.key.as_str(),
+                false,
+                from,
+                EventType::Delete,
+            )
+            .await?;
         }
     }
 }
@@ -160,7 +168,14 @@ impl DoubleBarrier {
         if !resp.kvs().is_empty() {
             return Ok(());
         }
-        watch_until(&self.client, &self.ready, false, from, EventType::Put).await
+        wait::watch_for(
+            &self.client,
+            self.ready.as_str(),
+            false,
+            from,
+            EventType::Put,
+        )
+        .await
     }
 
     /// Deregisters `session` and waits until every participant has left.
@@ -192,32 +207,14 @@ impl DoubleBarrier {
                 return Ok(());
             }
             let from = resp.header().map_or(0, |h| h.revision()) + 1;
-            watch_until(&self.client, &self.waiters, true, from, EventType::Delete).await?;
-        }
-    }
-}
-
-/// Waits for an event of `kind` on `key` (or under it, for a prefix), from revision `from` on.
-/// A watch canceled by compaction returns too: the caller reads the state again.
-async fn watch_until(
-    client: &Client,
-    key: &str,
-    prefix: bool,
-    from: i64,
-    kind: EventType,
-) -> Result<()> {
-    let mut options = WatchOptions::new().with_start_revision(from);
-    if prefix {
-        options = options.with_prefix();
-    }
-    let mut etcd = client.etcd();
-    let mut stream = etcd.watch(key, Some(options)).await?;
-    loop {
-        let Some(resp) = stream.message().await? else {
-            return Err(Error::WatchEnded("closed by the server".into()));
-        };
-        if resp.canceled() || resp.events().iter().any(|e| e.event_type() == kind) {
-            return Ok(());
+            wait::watch_for(
+                &self.client,
+                self.waiters.as_str(),
+                true,
+                from,
+                EventType::Delete,
+            )
+            .await?;
         }
     }
 }

@@ -14,12 +14,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use etcd_client::{
-    Compare, CompareOp, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp, WatchOptions,
-};
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, SortOrder, SortTarget, Txn, TxnOp};
 
 use crate::client::Client;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::wait;
 
 /// Items read per attempt to claim one.
 const CLAIM_BATCH: i64 = 16;
@@ -183,21 +182,13 @@ impl Items {
 
     /// Waits until an item is pushed, from revision `from` on.
     async fn wait_for_items(&self, from: i64) -> Result<()> {
-        let options = WatchOptions::new().with_prefix().with_start_revision(from);
-        let mut etcd = self.client.etcd();
-        let mut stream = etcd.watch(self.prefix.clone(), Some(options)).await?;
-        loop {
-            let Some(resp) = stream.message().await? else {
-                return Err(Error::WatchEnded("closed by the server".into()));
-            };
-            if resp.canceled()
-                || resp
-                    .events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Put)
-            {
-                return Ok(());
-            }
-        }
+        wait::watch_for(
+            &self.client,
+            self.prefix.clone(),
+            true,
+            from,
+            EventType::Put,
+        )
+        .await
     }
 }

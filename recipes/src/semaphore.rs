@@ -8,7 +8,7 @@
 //!
 //! Every holder must use the same `permits` for a name: the semaphore does not store it.
 
-use etcd_client::{EventType, GetOptions, SortOrder, SortTarget, WatchOptions};
+use etcd_client::{EventType, GetOptions, SortOrder, SortTarget};
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -85,27 +85,14 @@ impl Semaphore {
                 return Ok(());
             }
             let from = resp.header().map_or(0, |h| h.revision()) + 1;
-            self.wait_any_delete(from).await?;
-        }
-    }
-
-    /// Waits for the next deletion under the prefix, from revision `from` on.
-    async fn wait_any_delete(&self, from: i64) -> Result<()> {
-        let mut etcd = self.client.etcd();
-        let options = WatchOptions::new().with_prefix().with_start_revision(from);
-        let mut stream = etcd.watch(self.prefix.clone(), Some(options)).await?;
-        loop {
-            let Some(resp) = stream.message().await? else {
-                return Err(Error::WatchEnded("closed by the server".into()));
-            };
-            if resp.canceled()
-                || resp
-                    .events()
-                    .iter()
-                    .any(|e| e.event_type() == EventType::Delete)
-            {
-                return Ok(());
-            }
+            wait::watch_for(
+                &self.client,
+                self.prefix.clone(),
+                true,
+                from,
+                EventType::Delete,
+            )
+            .await?;
         }
     }
 }

@@ -94,22 +94,31 @@ pub(crate) async fn wait_for_predecessors(client: &Client, prefix: &str, mine: i
     }
 }
 
-/// Waits until `key` is deleted, watching from revision `from` on. A watch canceled by
-/// compaction returns too: the caller reads the state again.
+/// Waits until `key` is deleted, watching from revision `from` on.
 pub(crate) async fn wait_deleted(client: &Client, key: Vec<u8>, from: i64) -> Result<()> {
+    watch_for(client, key, false, from, EventType::Delete).await
+}
+
+/// Waits for an event of `kind` on `key` (or under it, when `prefix`), from revision `from` on.
+/// A watch canceled by compaction returns too: the caller reads the state again.
+pub(crate) async fn watch_for(
+    client: &Client,
+    key: impl Into<Vec<u8>>,
+    prefix: bool,
+    from: i64,
+    kind: EventType,
+) -> Result<()> {
+    let mut options = WatchOptions::new().with_start_revision(from);
+    if prefix {
+        options = options.with_prefix();
+    }
     let mut etcd = client.etcd();
-    let options = WatchOptions::new().with_start_revision(from);
     let mut stream = etcd.watch(key, Some(options)).await?;
     loop {
         let Some(resp) = stream.message().await? else {
             return Err(Error::WatchEnded("closed by the server".into()));
         };
-        if resp.canceled()
-            || resp
-                .events()
-                .iter()
-                .any(|e| e.event_type() == EventType::Delete)
-        {
+        if resp.canceled() || resp.events().iter().any(|e| e.event_type() == kind) {
             return Ok(());
         }
     }

@@ -1485,3 +1485,42 @@ fn free_ports() -> [u16; 2] {
         b.local_addr().unwrap().port(),
     ]
 }
+
+/// The servers the recipe stories run against: Concord (in-process, fresh data dir), and etcd 3.4
+/// when installed (see [`EtcdBinaries::find`] for the skip rule).
+pub struct Targets {
+    pub concord: Server,
+    _dir: tempfile::TempDir,
+    etcd: Option<(EtcdProcess, std::path::PathBuf)>,
+}
+
+impl Targets {
+    pub async fn start() -> Targets {
+        let dir = tempfile::tempdir().unwrap();
+        let concord = Server::start(ServerConfig::for_test(dir.path()))
+            .await
+            .unwrap();
+        let etcd = EtcdBinaries::find().map(|bins| {
+            let etcdctl = bins.etcdctl().to_path_buf();
+            (EtcdProcess::start(&bins), etcdctl)
+        });
+        Targets {
+            concord,
+            _dir: dir,
+            etcd,
+        }
+    }
+
+    /// `(name, endpoint)` of each server.
+    pub fn endpoints(&self) -> Vec<(&'static str, String)> {
+        let mut out = vec![("concord", self.concord.client_addr().to_string())];
+        if let Some((etcd, _)) = &self.etcd {
+            out.push(("etcd", etcd.endpoint.clone()));
+        }
+        out
+    }
+
+    pub fn etcdctl(&self) -> Option<std::path::PathBuf> {
+        self.etcd.as_ref().map(|(_, ctl)| ctl.clone())
+    }
+}
