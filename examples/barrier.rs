@@ -13,12 +13,7 @@ use concord_recipes::{Barrier, Client, DoubleBarrier, Session};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let endpoints: Vec<String> = std::env::var("CONCORD_ENDPOINTS")
-        .unwrap_or_else(|_| "127.0.0.1:2379".into())
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let client = Client::connect(&endpoints).await?;
+    let client = Client::connect_from_env().await?;
     let run = std::process::id();
 
     let gate = Barrier::new(&client, format!("example-gate-{run}"));

@@ -12,12 +12,7 @@ use futures::StreamExt;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let endpoints: Vec<String> = std::env::var("CONCORD_ENDPOINTS")
-        .unwrap_or_else(|_| "127.0.0.1:2379".into())
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let client = Client::connect(&endpoints).await?;
+    let client = Client::connect_from_env().await?;
     let election = Election::new(&client, format!("example-election-{}", std::process::id()));
     let mut observed = Box::pin(election.observe());
     let mut next = async || -> Result<Option<Vec<u8>>, Box<dyn std::error::Error>> {

@@ -28,12 +28,7 @@ async fn fence(client: &Client, key: &str, token: i64) -> Result<bool, etcd_clie
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let endpoints: Vec<String> = std::env::var("CONCORD_ENDPOINTS")
-        .unwrap_or_else(|_| "127.0.0.1:2379".into())
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let client = Client::connect(&endpoints).await?;
+    let client = Client::connect_from_env().await?;
     let run = format!("example-mutex-{}", std::process::id());
     let mut workers = Vec::new();
     for worker in 0..2 {

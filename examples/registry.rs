@@ -12,12 +12,7 @@ use futures::StreamExt;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let endpoints: Vec<String> = std::env::var("CONCORD_ENDPOINTS")
-        .unwrap_or_else(|_| "127.0.0.1:2379".into())
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let client = Client::connect(&endpoints).await?;
+    let client = Client::connect_from_env().await?;
     let registry = ServiceRegistry::new(&client);
     let service = format!("example-greeter-{}", std::process::id());
     let a = registry

@@ -10,12 +10,7 @@ use concord_recipes::{Client, RwLock, Session};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let endpoints: Vec<String> = std::env::var("CONCORD_ENDPOINTS")
-        .unwrap_or_else(|_| "127.0.0.1:2379".into())
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let client = Client::connect(&endpoints).await?;
+    let client = Client::connect_from_env().await?;
     let lock = RwLock::new(&client, format!("example-rwlock-{}", std::process::id()));
     let (a, b, w) = (
         Session::new(&client, 10).await?,

@@ -14,6 +14,9 @@ use backon::{ExponentialBuilder, Retryable};
 
 use crate::error::{Error, Result};
 
+/// Where [`Client::connect_from_env`] connects when `CONCORD_ENDPOINTS` is not set.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:2379";
+
 /// Most retries of one call.
 pub const MAX_RETRIES: usize = 6;
 
@@ -38,6 +41,14 @@ impl Client {
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5));
         let inner = etcd_client::Client::connect(endpoints, Some(options)).await?;
         Ok(Client { inner })
+    }
+
+    /// Connects to the endpoints in `CONCORD_ENDPOINTS` (comma-separated), or `127.0.0.1:2379`.
+    pub async fn connect_from_env() -> Result<Client> {
+        let endpoints =
+            std::env::var("CONCORD_ENDPOINTS").unwrap_or_else(|_| DEFAULT_ENDPOINT.into());
+        let endpoints: Vec<&str> = endpoints.split(',').map(str::trim).collect();
+        Client::connect(endpoints).await
     }
 
     /// Wraps a client made elsewhere.

@@ -593,6 +593,19 @@ mod tests {
         (events.into_iter().map(Arc::new).collect(), rev)
     }
 
+    /// Puts `k` at revisions 2..=4, then compacts at 3.
+    fn compacted_store() -> (sled::Db, Arc<KvStore>) {
+        let (db, kv) = store();
+        for _ in 0..3 {
+            put(&kv, "k");
+        }
+        let applied = kv.applied();
+        let mut batch = kv.write();
+        batch.compact(3).unwrap();
+        batch.finish(applied);
+        (db, kv)
+    }
+
     fn create(key: &str, start: Rev) -> WatchCreateRequest {
         WatchCreateRequest {
             key: key.into(),
@@ -655,14 +668,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_watcher_overtaken_by_compaction_is_canceled_with_the_compact_revision() {
-        let (_db, kv) = store();
-        for _ in 0..3 {
-            put(&kv, "k"); // 2..=4
-        }
-        let applied = kv.applied();
-        let mut batch = kv.write();
-        batch.compact(3).unwrap();
-        batch.finish(applied);
+        let (_db, kv) = compacted_store();
         let hub = Hub::new(kv.clone());
         let (tx, mut rx) = mpsc::channel(4);
         let stream = hub.open_stream(tx.clone());
@@ -682,14 +688,7 @@ mod tests {
     /// progress must be answered then (no write needed), and always after the events it covers.
     #[tokio::test]
     async fn a_deferred_progress_is_answered_without_writes_and_never_ahead_of_events() {
-        let (_db, kv) = store();
-        for _ in 0..3 {
-            put(&kv, "k"); // 2..=4
-        }
-        let applied = kv.applied();
-        let mut batch = kv.write();
-        batch.compact(3).unwrap();
-        batch.finish(applied);
+        let (_db, kv) = compacted_store();
         let hub = Hub::new(kv.clone());
         let (tx, mut rx) = mpsc::channel(8);
         let stream = hub.open_stream(tx.clone());
