@@ -56,6 +56,19 @@ pub enum Error {
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
 
+    // --- Lock and Election (etcd's `concurrency` package, whose plain errors reach clients as
+    // gRPC Unknown with these texts) ---
+    #[error("election: no leader")]
+    ElectionNoLeader,
+    #[error("election: not leader")]
+    ElectionNotLeader,
+    #[error("\"leader\" field must be provided")]
+    MissingLeaderKey,
+    /// The caller's own key (and so its place in the queue) vanished while it waited: its lease
+    /// ended or someone deleted the key. etcd 3.4 does not check this; 3.5 answers with this text.
+    #[error("mutex: session is expired")]
+    SessionExpired,
+
     // --- Raft and server state ---
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -103,6 +116,10 @@ impl Error {
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
             Error::LeaseExists => Code::FailedPrecondition,
+            Error::ElectionNoLeader
+            | Error::ElectionNotLeader
+            | Error::MissingLeaderKey
+            | Error::SessionExpired => Code::Unknown,
             Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
             Error::Storage(_)
             | Error::Raft(_)
@@ -124,6 +141,19 @@ impl Error {
 impl From<Error> for tonic::Status {
     fn from(err: Error) -> Self {
         tonic::Status::new(err.code(), err.to_string())
+    }
+}
+
+impl Error {
+    /// The status of a Lock or Election call that failed. etcd serves those services through an
+    /// in-process client that keeps an error's text but not its code, so clients see `Unknown`
+    /// ("etcdserver: requested lease not found" included). Concord answers the same, except that
+    /// `Unavailable` (no leader, stopping) stays `Unavailable`, so clients still retry it.
+    pub fn concurrency_status(self) -> tonic::Status {
+        match self.code() {
+            tonic::Code::Unavailable => self.into(),
+            _ => tonic::Status::new(tonic::Code::Unknown, self.to_string()),
+        }
     }
 }
 

@@ -14,6 +14,8 @@ use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use concord_proto::etcdserverpb::watch_server::WatchServer;
+use concord_proto::v3electionpb::election_server::ElectionServer;
+use concord_proto::v3lockpb::lock_server::LockServer;
 use raft::eraftpb::ConfState;
 use tokio::sync::watch;
 use tokio_stream::StreamExt;
@@ -27,7 +29,8 @@ use crate::mvcc::KvStore;
 use crate::raft::node::{Node, NodeConfig, NodeHandle};
 use crate::raft::storage::RaftStorage;
 use crate::service::{
-    Core, kv::KvService, lease::LeaseService, maintenance::MaintenanceService, watch::WatchService,
+    Core, election::ElectionService, kv::KvService, lease::LeaseService, lock::LockService,
+    maintenance::MaintenanceService, watch::WatchService,
 };
 use crate::watch::{Hub, threads};
 
@@ -281,6 +284,12 @@ async fn serve(
     let watch = WatchServer::new(WatchService::new(core.clone()))
         .max_decoding_message_size(max_decode)
         .max_encoding_message_size(usize::MAX);
+    let lock = LockServer::new(LockService::new(core.clone()))
+        .max_decoding_message_size(max_decode)
+        .max_encoding_message_size(usize::MAX);
+    let election = ElectionServer::new(ElectionService::new(core.clone()))
+        .max_decoding_message_size(max_decode)
+        .max_encoding_message_size(usize::MAX);
     let lease = LeaseServer::new(LeaseService::new(core))
         .max_decoding_message_size(max_decode)
         .max_encoding_message_size(usize::MAX);
@@ -299,6 +308,8 @@ async fn serve(
         .add_service(maintenance)
         .add_service(watch)
         .add_service(lease)
+        .add_service(lock)
+        .add_service(election)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })

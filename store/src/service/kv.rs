@@ -50,7 +50,7 @@ impl KvService {
         resp
     }
 
-    async fn range_inner(&self, r: RangeRequest) -> Result<RangeResponse> {
+    pub(crate) async fn range_inner(&self, r: RangeRequest) -> Result<RangeResponse> {
         txn::check_range(&r)?;
         if !r.serializable {
             self.core.node.read_index().await?;
@@ -69,7 +69,7 @@ impl KvService {
         Ok(self.finish(resp))
     }
 
-    async fn delete_inner(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
+    pub(crate) async fn delete_inner(&self, r: DeleteRangeRequest) -> Result<DeleteRangeResponse> {
         txn::check_delete(&r)?;
         let resp = self
             .write(Command::DeleteRange(r), |a| match a {
@@ -80,7 +80,7 @@ impl KvService {
         Ok(self.finish(resp))
     }
 
-    async fn txn_inner(&self, r: TxnRequest) -> Result<TxnResponse> {
+    pub(crate) async fn txn_inner(&self, r: TxnRequest) -> Result<TxnResponse> {
         txn::check_txn(&r, self.core.max_txn_ops)?;
         let resp = if txn::is_read_only(&r) {
             if !txn::is_serializable(&r) {

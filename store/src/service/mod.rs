@@ -5,12 +5,17 @@
 //! `From<Error> for Status` (`error.rs`, the one place that knows etcd's codes and strings), and
 //! fill the response header. Nothing here holds state of its own.
 //!
-//! Services not served yet answer gRPC `Unimplemented`: Cluster (replication), Auth, Lock and
-//! Election (later issues).
+//! Lock and Election are built on the other services, as etcd builds them: `local` is the
+//! in-process client they use.
+//!
+//! Services not served yet answer gRPC `Unimplemented`: Cluster (replication) and Auth.
 
+pub mod election;
 pub mod kv;
 pub mod lease;
 pub mod limits;
+pub mod local;
+pub mod lock;
 pub mod maintenance;
 pub mod watch;
 
