@@ -47,7 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     a.deregister().await;
     let change = tokio::time::timeout(Duration::from_secs(10), changes.next())
         .await?
-        .ok_or("the change stream ended")??;
+        .ok_or("the change stream ended")?;
     println!("change: {change:?}");
     if change != Change::Down("127.0.0.1:50051".into()) {
         return Err("expected the first instance to leave".into());

@@ -9,13 +9,14 @@ use std::io;
 /// relative to one of these.
 const INCLUDES: [&str; 2] = ["proto/etcd", "proto/concord"];
 
-const PROTOS: [&str; 6] = [
+const PROTOS: [&str; 7] = [
     "proto/etcd/kv.proto",
     "proto/etcd/auth.proto",
     "proto/etcd/rpc.proto",
     "proto/etcd/v3lock.proto",
     "proto/etcd/v3election.proto",
     "proto/concord/peer.proto",
+    "proto/concord/demo.proto",
 ];
 
 fn main() -> io::Result<()> {

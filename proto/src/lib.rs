@@ -23,6 +23,8 @@
 //! | [`etcdserverpb`] | `etcdserverpb` | services `KV`, `Watch`, `Lease`, `Cluster`, `Maintenance`, `Auth` |
 //! | [`v3lockpb`] | `v3lockpb` | service `Lock` |
 //! | [`v3electionpb`] | `v3electionpb` | service `Election` |
+//! | [`concordpeerpb`] | `concordpeerpb` | Concord's member-to-member messages |
+//! | [`concorddemopb`] | `concorddemopb` | a Greeter for the examples (not Concord's API) |
 //!
 //! ## Why field numbers matter
 //!
@@ -96,6 +98,12 @@ pub mod v3lockpb {
 /// The etcd v3 election service (protobuf package `v3electionpb`).
 pub mod v3electionpb {
     tonic::include_proto!("v3electionpb");
+}
+
+/// A tiny Greeter service for the examples and the resolver tests (protobuf package
+/// `concorddemopb`): not part of Concord's API.
+pub mod concorddemopb {
+    tonic::include_proto!("concorddemopb");
 }
 
 /// Concord's private member-to-member protocol (protobuf package

@@ -29,7 +29,7 @@ impl Barrier {
     pub fn new(client: &Client, name: impl Into<String>) -> Barrier {
         Barrier {
             client: client.clone(),
-            key: name.into(),
+            key: client.key(&name.into()),
         }
     }
 
@@ -109,7 +109,7 @@ pub struct DoubleBarrier {
 
 impl DoubleBarrier {
     pub fn new(client: &Client, name: impl Into<String>, count: usize) -> DoubleBarrier {
-        let name = name.into();
+        let name = client.key(&name.into());
         DoubleBarrier {
             client: client.clone(),
             waiters: format!("{name}/waiters/"),

@@ -54,7 +54,7 @@ pub struct Leadership {
 impl Election {
     /// The election `name` (the same name `etcdctl elect <name>` takes).
     pub fn new(client: &Client, name: impl Into<String>) -> Election {
-        let mut prefix = name.into();
+        let mut prefix = client.key(&name.into());
         prefix.push('/');
         Election {
             client: client.clone(),

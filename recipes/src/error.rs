@@ -17,6 +17,10 @@ pub enum Error {
     /// lease ended).
     #[error("the lock key {0:?} was deleted")]
     LockLost(String),
+    /// A work-queue delivery is no longer its consumer's: its visibility timeout ran out (the
+    /// item is, or will be, delivered again) or it was acked or nacked already.
+    #[error("the claim on work item {0:?} expired or was settled already")]
+    ClaimLost(String),
     /// The operation did not finish in the time given.
     #[error("timed out")]
     Timeout,

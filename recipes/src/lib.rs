@@ -20,34 +20,50 @@
 //!   together).
 //!
 //! - [`Queue`] (FIFO) and [`PriorityQueue`], with blocking pops; each item goes to one consumer.
+//! - [`WorkQueue`]: reliable, at-least-once work items with a visibility timeout judged by the
+//!   server, ack / nack, bounded redelivery and dead letters.
 //!
 //! - [`ServiceRegistry`]: register instances with TTL heartbeats that never give up; discover
 //!   them and follow changes (etcd's naming layout, seen by Go gRPC resolvers too).
 //!
-//! Left out so far (the SDK issue lists them; they come next, each in its own module): a reliable
-//! work queue, typed config, tonic resolver, and key namespacing.
+//! - [`Config`]: a typed config from a key or a prefix, read at one revision, checked by your
+//!   validation hook, last-known-good kept when a bad value arrives, hot-reloaded through a
+//!   `watch` receiver; survives server restarts and compactions.
+//!
+//! - [`Resolver`]: a `tower::discover::Discover` of tonic endpoints fed by the registry, and a
+//!   tonic `Channel` that balances over the live instances of a service.
+//!
+//! Left out so far (the SDK issue lists it; it comes next): key namespacing.
 
 mod barrier;
 mod client;
+mod config;
 mod election;
 mod error;
+mod follow;
 mod guard;
 mod mutex;
 mod queue;
 mod registry;
+mod resolver;
 mod rwlock;
 mod semaphore;
 mod session;
 mod wait;
+mod workqueue;
 
 pub use barrier::{Barrier, DoubleBarrier};
 pub use client::Client;
+pub use config::{Config, ConfigBuilder, ConfigStatus, Rejection, Source, Versioned};
 pub use election::{Election, Leader, Leadership};
 pub use error::{Error, Result};
+pub use follow::Update;
 pub use guard::Guard;
 pub use mutex::{Mutex, MutexGuard};
 pub use queue::{PriorityQueue, Queue};
 pub use registry::{Change, Instance, Registration, ServiceRegistry};
+pub use resolver::Resolver;
 pub use rwlock::RwLock;
 pub use semaphore::Semaphore;
 pub use session::{DEFAULT_TTL, Session, SessionState};
+pub use workqueue::{DeadLetter, Delivery, WorkQueue, WorkQueueConfig};

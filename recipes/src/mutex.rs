@@ -41,7 +41,7 @@ pub struct Mutex {
 impl Mutex {
     /// The mutex `name` (the same name `etcdctl lock <name>` takes).
     pub fn new(client: &Client, name: impl Into<String>) -> Mutex {
-        let mut prefix = name.into();
+        let mut prefix = client.key(&name.into());
         prefix.push('/');
         Mutex {
             client: client.clone(),

@@ -9,8 +9,8 @@
 //! next one. An empty queue is waited on with a watch for new items, not by polling.
 //!
 //! Delivery is at most once: an item is gone once popped, even if its consumer crashes before
-//! handling it. (A reliable work queue with visibility timeouts and acknowledgements is the next
-//! recipe.) Items are not attached to a lease: they outlive their producer.
+//! handling it; [`WorkQueue`](crate::WorkQueue) redelivers what is not acknowledged in time.
+//! Items are not attached to a lease: they outlive their producer.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -105,7 +105,7 @@ struct Items {
 
 impl Items {
     fn new(client: &Client, name: impl Into<String>, order: SortTarget) -> Items {
-        let mut prefix = name.into();
+        let mut prefix = client.key(&name.into());
         prefix.push('/');
         Items {
             client: client.clone(),

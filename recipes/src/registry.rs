@@ -12,22 +12,23 @@
 //! lease expires, one TTL later.
 //!
 //! [`ServiceRegistry::discover`] returns the instances and a stream of changes from that
-//! revision on. When the change stream cannot continue exactly (the history it needs was
-//! compacted), it lists the instances again and says so with [`Change::Resync`] instead of
-//! skipping anything silently.
+//! revision on, built on [`Client::follow`]: it resumes by itself after a broken connection or a
+//! server restart, and when it cannot continue exactly (the history it needs was compacted), it
+//! lists the instances again and says so with [`Change::Resync`] instead of skipping anything
+//! silently.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use etcd_client::{EventType, GetOptions, PutOptions, WatchOptions};
-use futures::Stream;
+use etcd_client::{EventType, PutOptions};
+use futures::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::follow::Update;
 use crate::session::Session;
 
 /// A registered instance, as discovery reports it.
@@ -100,7 +101,7 @@ impl ServiceRegistry {
                 .map_err(|e| Error::Invalid(format!("metadata is not JSON: {e}")))?,
         };
         let value = serde_json::to_vec(&instance).expect("a Value serializes");
-        let key = format!("{service}/{addr}");
+        let key = format!("{}/{addr}", self.client.key(service));
         let (stop, stop_rx) = watch::channel(false);
         let (count_tx, mut registrations) = watch::channel(0u64);
         let task = tokio::spawn(heartbeat(
@@ -120,24 +121,16 @@ impl ServiceRegistry {
         })
     }
 
-    /// The instances of `service` now, and a stream of changes after them.
+    /// The instances of `service` now, and the changes after them: a stream that resumes by
+    /// itself after a broken connection and ends only when dropped (see the module doc).
     pub async fn discover(
         &self,
         service: &str,
-    ) -> Result<(
-        Vec<Instance>,
-        impl Stream<Item = Result<Change>> + Send + 'static,
-    )> {
-        let prefix = format!("{service}/");
-        let (instances, revision) = list(&self.client, &prefix).await?;
-        let (tx, rx) = mpsc::channel(64);
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            if let Err(e) = follow(client, prefix, revision, &tx).await {
-                let _ = tx.send(Err(e)).await;
-            }
-        });
-        Ok((instances, ReceiverStream::new(rx)))
+    ) -> Result<(Vec<Instance>, impl Stream<Item = Change> + Send + 'static)> {
+        let prefix = format!("{}/", self.client.key(service));
+        let (kvs, _, updates) = self.client.list_and_follow(&prefix, true).await?;
+        let changes = updates.flat_map(move |update| stream::iter(changes(&prefix, update)));
+        Ok((instances(&kvs), changes))
     }
 }
 
@@ -215,72 +208,32 @@ async fn heartbeat(
     }
 }
 
-/// The instances under `prefix` and the revision they were read at.
-async fn list(client: &Client, prefix: &str) -> Result<(Vec<Instance>, i64)> {
-    let resp = client
-        .retry(|mut c| {
-            let prefix = prefix.to_string();
-            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-        })
-        .await?;
-    let revision = resp.header().map_or(0, |h| h.revision());
-    let instances = resp
-        .kvs()
-        .iter()
+/// The instances among `kvs` (keys that are not instance records are skipped).
+fn instances(kvs: &[etcd_client::KeyValue]) -> Vec<Instance> {
+    kvs.iter()
         .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
-        .collect();
-    Ok((instances, revision))
+        .collect()
 }
 
-/// Sends the changes under `prefix` after `revision` until the receiver goes away.
-async fn follow(
-    client: Client,
-    prefix: String,
-    mut revision: i64,
-    tx: &mpsc::Sender<Result<Change>>,
-) -> Result<()> {
-    loop {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(revision + 1);
-        let mut etcd = client.etcd();
-        let mut stream = etcd.watch(prefix.clone(), Some(options)).await?;
-        loop {
-            let resp = tokio::select! {
-                resp = stream.message() => resp?,
-                _ = tx.closed() => return Ok(()),
-            };
-            let Some(resp) = resp else {
-                return Err(Error::WatchEnded("closed by the server".into()));
-            };
-            if resp.canceled() {
-                // Compacted past where we were: list again, and say so.
-                let (instances, at) = list(&client, &prefix).await?;
-                revision = at;
-                if tx.send(Ok(Change::Resync(instances))).await.is_err() {
-                    return Ok(());
-                }
-                break;
-            }
-            let mut changes = BTreeMap::new();
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                revision = revision.max(kv.mod_revision());
-                let addr = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
-                let change = match event.event_type() {
-                    EventType::Delete => Change::Down(addr.clone()),
-                    EventType::Put => match serde_json::from_slice(kv.value()) {
-                        Ok(instance) => Change::Up(instance),
-                        Err(_) => continue, // not an instance record
-                    },
-                };
-                changes.insert((kv.mod_revision(), addr), change);
-            }
-            for (_, change) in changes {
-                if tx.send(Ok(change)).await.is_err() {
-                    return Ok(());
-                }
-            }
-        }
+/// The changes to the instances under `prefix` that `update` brings, in revision order.
+fn changes(prefix: &str, update: Update) -> Vec<Change> {
+    let events = match update {
+        Update::Resync { kvs, .. } => return vec![Change::Resync(instances(&kvs))],
+        Update::Events { events, .. } => events,
+        Update::Connected | Update::Disconnected { .. } => return Vec::new(),
+    };
+    let mut changes = BTreeMap::new();
+    for event in &events {
+        let Some(kv) = event.kv() else { continue };
+        let addr = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+        let change = match event.event_type() {
+            EventType::Delete => Change::Down(addr.clone()),
+            EventType::Put => match serde_json::from_slice(kv.value()) {
+                Ok(instance) => Change::Up(instance),
+                Err(_) => continue, // not an instance record
+            },
+        };
+        changes.insert((kv.mod_revision(), addr), change);
     }
+    changes.into_values().collect()
 }

@@ -25,7 +25,7 @@ pub struct RwLock {
 
 impl RwLock {
     pub fn new(client: &Client, name: impl Into<String>) -> RwLock {
-        let mut prefix = name.into();
+        let mut prefix = client.key(&name.into());
         prefix.push('/');
         RwLock {
             client: client.clone(),

@@ -28,7 +28,7 @@ pub struct Semaphore {
 impl Semaphore {
     /// The semaphore `name` with `permits` permits (at least 1).
     pub fn new(client: &Client, name: impl Into<String>, permits: usize) -> Semaphore {
-        let mut prefix = name.into();
+        let mut prefix = client.key(&name.into());
         prefix.push('/');
         Semaphore {
             client: client.clone(),

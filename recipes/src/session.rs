@@ -178,7 +178,11 @@ async fn keep_alive(
                 state.send_replace(SessionState::Expired);
                 return;
             }
-            None => stream = None, // reopen on the next round
+            None => {
+                // Reopen on the next round, on another endpoint if there is one.
+                stream = None;
+                client.endpoint_failed();
+            }
         }
         let now = Instant::now();
         let judged = if now >= horizon {

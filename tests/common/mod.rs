@@ -1393,45 +1393,50 @@ pub struct EtcdProcess {
     child: Child,
     pub endpoint: String,
     dir: tempfile::TempDir,
+    /// The binaries, to start it again ([`EtcdProcess::relaunch`]) and check its health.
+    etcd_bin: PathBuf,
+    etcdctl: PathBuf,
+    /// Its own client and peer ports, kept across restarts.
+    ports: [u16; 2],
 }
 
 impl EtcdProcess {
     pub fn start(bins: &EtcdBinaries) -> EtcdProcess {
         let dir = tempfile::tempdir().unwrap();
-        let [client_port, peer_port] = free_ports();
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
-        let child = Command::new(&bins.etcd)
-            .env_clear()
-            .args(["--name", "e1"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("e1={peer}")])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start etcd");
+        let ports = free_ports();
+        let child = spawn_etcd(&bins.etcd, dir.path(), ports);
         let mut etcd = EtcdProcess {
             child,
-            endpoint: format!("127.0.0.1:{client_port}"),
+            endpoint: format!("127.0.0.1:{}", ports[0]),
             dir,
+            etcd_bin: bins.etcd.clone(),
+            etcdctl: bins.etcdctl.clone(),
+            ports,
         };
         etcd.wait_healthy(&bins.etcdctl);
         etcd
+    }
+
+    /// Kills etcd and starts it again on its own endpoint with the same data; returns once it is
+    /// healthy. SIGKILL loses nothing acknowledged: etcd fsyncs its WAL before it answers.
+    pub fn restart(&mut self) {
+        self.relaunch(self.ports[0]);
+    }
+
+    /// Kills etcd and starts it again with the same data dir and peer port, serving clients on
+    /// `client_port` (its own, or another one to hide it from its clients for a while);
+    /// [`EtcdProcess::endpoint`] follows. Returns once it is healthy.
+    pub fn relaunch(&mut self, client_port: u16) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_etcd(
+            &self.etcd_bin,
+            self.dir.path(),
+            [client_port, self.ports[1]],
+        );
+        self.endpoint = format!("127.0.0.1:{client_port}");
+        let etcdctl = self.etcdctl.clone();
+        self.wait_healthy(&etcdctl);
     }
 
     fn wait_healthy(&mut self, etcdctl: &Path) {
@@ -1474,6 +1479,41 @@ impl Drop for EtcdProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts etcd member `e1` with its data in `dir/data` and client and peer `ports`, appending its
+/// output to `dir/etcd.log`. On an existing data dir etcd ignores the `--initial-*` flags.
+fn spawn_etcd(bin: &Path, dir: &Path, [client_port, peer_port]: [u16; 2]) -> Child {
+    let client = format!("http://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("etcd.log"))
+        .unwrap();
+    Command::new(bin)
+        .env_clear()
+        .args(["--name", "e1"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args([
+            "--listen-client-urls",
+            &client,
+            "--advertise-client-urls",
+            &client,
+        ])
+        .args([
+            "--listen-peer-urls",
+            &peer,
+            "--initial-advertise-peer-urls",
+            &peer,
+        ])
+        .args(["--initial-cluster", &format!("e1={peer}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("cannot start etcd")
 }
 
 /// Two distinct free ports on 127.0.0.1 (both listeners are held until both are chosen).
@@ -1522,5 +1562,191 @@ impl Targets {
 
     pub fn etcdctl(&self) -> Option<std::path::PathBuf> {
         self.etcd.as_ref().map(|(_, ctl)| ctl.clone())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers a story may restart.
+// ---------------------------------------------------------------------------------------------
+
+/// How long a restarted server may take before it serves a linearizable read.
+const SERVING_PATIENCE: Duration = Duration::from_secs(10);
+
+/// An in-process Concord that can be stopped and started again on its data dir and client port,
+/// the way an operator restarts a member.
+pub struct ConcordMember {
+    /// `None` while stopped.
+    server: Option<Server>,
+    /// The client address, bound again by every restart so that clients reconnect by themselves.
+    addr: std::net::SocketAddr,
+    /// The data dir, kept across restarts.
+    dir: tempfile::TempDir,
+}
+
+impl ConcordMember {
+    /// Starts a member with a fresh data dir on a free port.
+    pub async fn start() -> ConcordMember {
+        let dir = tempfile::tempdir().unwrap();
+        let server = Server::start(ServerConfig::for_test(dir.path()))
+            .await
+            .unwrap();
+        let addr = server.client_addr();
+        ConcordMember {
+            server: Some(server),
+            addr,
+            dir,
+        }
+    }
+
+    /// `127.0.0.1:<port>`, the same after every restart.
+    pub fn endpoint(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// Shuts the member down cleanly (an in-process server cannot be killed): it stops serving,
+    /// ends every stream and flushes.
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.shutdown().await.unwrap();
+        }
+    }
+
+    /// Stops the member and starts it again on its own endpoint with the same data; returns once
+    /// it serves.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.server = Some(self.serve_on(self.addr).await);
+    }
+
+    /// Stops the member, serves its data on another endpoint while `offline` runs against it
+    /// (given that endpoint), then starts it again on its own endpoint. What `offline` changes,
+    /// the member's clients cannot see as it happens: they are disconnected.
+    pub async fn restart_with<R>(&mut self, offline: impl AsyncFnOnce(String) -> R) -> R {
+        self.stop().await;
+        let elsewhere = self
+            .serve_on(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await;
+        let result = offline(elsewhere.client_addr().to_string()).await;
+        elsewhere.shutdown().await.unwrap();
+        self.server = Some(self.serve_on(self.addr).await);
+        result
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop().await;
+    }
+
+    /// A server on this member's data dir listening on `addr` (port 0: a free one), once it
+    /// serves a linearizable read.
+    async fn serve_on(&self, addr: std::net::SocketAddr) -> Server {
+        let mut config = ServerConfig::for_test(self.dir.path());
+        config.listen_client = vec![addr];
+        let server = Server::start(config).await.unwrap();
+        wait_serving(&server.client_addr().to_string()).await;
+        server
+    }
+}
+
+/// Waits until `endpoint` answers a linearizable Range (it has a leader and applied its log).
+pub async fn wait_serving(endpoint: &str) {
+    let deadline = tokio::time::Instant::now() + SERVING_PATIENCE;
+    loop {
+        let options = etcd_client::ConnectOptions::new().with_timeout(Duration::from_secs(1));
+        if let Ok(mut client) = Client::connect([endpoint], Some(options)).await
+            && client.get("health", None).await.is_ok()
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{endpoint} did not serve in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free port on 127.0.0.1 that is none of `taken`.
+fn other_port(taken: &[u16]) -> u16 {
+    loop {
+        let [port, _] = free_ports();
+        if !taken.contains(&port) {
+            return port;
+        }
+    }
+}
+
+/// One server a recipe story runs against, which the story may restart on the same endpoint
+/// with the same data ([`Target::restart`], [`Target::restart_with`]). [`Targets`] serves the
+/// stories that never restart.
+pub struct Target {
+    /// `concord` or `etcd`.
+    pub name: &'static str,
+    server: Restartable,
+}
+
+/// What a [`Target`] runs.
+enum Restartable {
+    Concord(ConcordMember),
+    Etcd(EtcdProcess),
+}
+
+impl Target {
+    /// Concord, and etcd 3.4 when installed (see [`EtcdBinaries::find`] for the skip rule), each
+    /// with a fresh data dir.
+    pub async fn start_all() -> Vec<Target> {
+        let mut targets = vec![Target {
+            name: "concord",
+            server: Restartable::Concord(ConcordMember::start().await),
+        }];
+        if let Some(bins) = EtcdBinaries::find() {
+            let etcd = tokio::task::block_in_place(|| EtcdProcess::start(&bins));
+            targets.push(Target {
+                name: "etcd",
+                server: Restartable::Etcd(etcd),
+            });
+        }
+        targets
+    }
+
+    /// `127.0.0.1:<port>`: the same after every restart, so clients reconnect by themselves.
+    pub fn endpoint(&self) -> String {
+        match &self.server {
+            Restartable::Concord(member) => member.endpoint(),
+            Restartable::Etcd(etcd) => etcd.endpoint.clone(),
+        }
+    }
+
+    /// Stops the server and starts it again on the same endpoint with the same data; returns once
+    /// it serves. Concord shuts down cleanly ([`ConcordMember::stop`]); etcd is killed.
+    pub async fn restart(&mut self) {
+        match &mut self.server {
+            Restartable::Concord(member) => member.restart().await,
+            Restartable::Etcd(etcd) => tokio::task::block_in_place(|| etcd.restart()),
+        }
+    }
+
+    /// Like [`Target::restart`], but while the server is away from its endpoint it serves the
+    /// same data on another one, and `offline` runs against that (given its endpoint): changes
+    /// the server's clients cannot see as they happen, e.g. writes and a compaction past the
+    /// revision a watcher had reached.
+    pub async fn restart_with<R>(&mut self, offline: impl AsyncFnOnce(String) -> R) -> R {
+        match &mut self.server {
+            Restartable::Concord(member) => member.restart_with(offline).await,
+            Restartable::Etcd(etcd) => {
+                let port = other_port(&etcd.ports);
+                tokio::task::block_in_place(|| etcd.relaunch(port));
+                let result = offline(etcd.endpoint.clone()).await;
+                tokio::task::block_in_place(|| etcd.restart());
+                result
+            }
+        }
+    }
+
+    /// Stops the server (etcd is killed, Concord shuts down cleanly).
+    pub async fn shutdown(self) {
+        match self.server {
+            Restartable::Concord(member) => member.shutdown().await,
+            Restartable::Etcd(etcd) => drop(etcd),
+        }
     }
 }
