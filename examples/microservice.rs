@@ -99,6 +99,19 @@ async fn instance(namespace: &str) -> Result<(), Error> {
         .validate(valid)
         .load()
         .await?;
+    // Tell the caller (on stdout) about every rejected config.
+    let mut status = config.watch_status();
+    tokio::spawn(async move {
+        let mut seen = 0;
+        while status.changed().await.is_ok() {
+            let status = status.borrow_and_update().clone();
+            if status.rejected > seen {
+                seen = status.rejected;
+                let reason = status.last_rejection.map(|r| r.reason).unwrap_or_default();
+                println!("config rejected: {reason}");
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let greeter = GreeterServer::new(Hello {
@@ -128,10 +141,26 @@ async fn instance(namespace: &str) -> Result<(), Error> {
 
 // --- The caller ---
 
-/// A running instance process and its address.
+/// A running instance process, its address, and what it prints after "listening".
 struct Instance {
     child: Child,
     addr: String,
+    output: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Instance {
+    /// Waits for the instance to print a line starting with `prefix`; returns the line.
+    async fn says(&mut self, prefix: &str) -> Result<String, Error> {
+        loop {
+            let line = tokio::time::timeout(STEP, self.output.next_line())
+                .await
+                .map_err(|_| format!("{} never said {prefix:?}", self.addr))??
+                .ok_or_else(|| format!("{} exited before saying {prefix:?}", self.addr))?;
+            if line.starts_with(prefix) {
+                return Ok(line);
+            }
+        }
+    }
 }
 
 async fn spawn_instance(namespace: &str) -> Result<Instance, Error> {
@@ -151,7 +180,11 @@ async fn spawn_instance(namespace: &str) -> Result<Instance, Error> {
         .strip_prefix("listening ")
         .ok_or_else(|| format!("unexpected instance output {line:?}"))?
         .to_string();
-    Ok(Instance { child, addr })
+    Ok(Instance {
+        child,
+        addr,
+        output: lines,
+    })
 }
 
 /// Calls until the last `window` answers (in a row, no failures) satisfy `done`; returns them
@@ -225,10 +258,11 @@ async fn scenario(client: &Client, namespace: &str) -> Result<(), Error> {
     )
     .await?;
 
-    let a = spawn_instance(namespace).await?;
+    let mut a = spawn_instance(namespace).await?;
     let mut b = spawn_instance(namespace).await?;
     println!("instances: a = {}, b = {}", a.addr, b.addr);
-    let both: BTreeSet<&str> = [a.addr.as_str(), b.addr.as_str()].into();
+    let (addr_a, addr_b) = (a.addr.clone(), b.addr.clone());
+    let both: BTreeSet<&str> = [addr_a.as_str(), addr_b.as_str()].into();
 
     let mut greeter = GreeterClient::new(Resolver::new(client).channel(SERVICE));
     println!("1. the resolver balances over both instances");
@@ -259,7 +293,10 @@ async fn scenario(client: &Client, namespace: &str) -> Result<(), Error> {
         None,
     )
     .await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for instance in [&mut a, &mut b] {
+        let said = instance.says("config rejected").await?;
+        println!("  {}: {said}", instance.addr);
+    }
     calls_until(
         &mut greeter,
         "both still answer with the last good greeting",
@@ -269,17 +306,16 @@ async fn scenario(client: &Client, namespace: &str) -> Result<(), Error> {
     .await?;
 
     println!("4. instance a is killed (SIGKILL, no deregistration)");
-    let mut a = a;
     a.child.start_kill()?;
     a.child.wait().await?;
-    let survivor: BTreeSet<&str> = [b.addr.as_str()].into();
+    let survivor: BTreeSet<&str> = [addr_b.as_str()].into();
     calls_until(&mut greeter, "all traffic moves to b", 20, |answers| {
         instances(answers) == survivor
     })
     .await?;
     let (listed, _) = ServiceRegistry::new(client).discover(SERVICE).await?;
     let listed: Vec<&str> = listed.iter().map(|i| i.addr.as_str()).collect();
-    if listed != [b.addr.as_str()] {
+    if listed != [addr_b.as_str()] {
         return Err(format!("the registry still lists {listed:?}").into());
     }
     println!("  ok: the registry lists only b");

@@ -3,7 +3,8 @@
 //! Debian's etcd 3.4: the same story must hold on both, with etcd's key layout, codes and texts.
 //! The Lock service and the recipes' Mutex exclude each other on the same name.
 //! Then what Concord does on purpose differently (see `store/src/service/lock.rs`): a Lock without
-//! a lease does not expire, and a waiter whose own key vanished is told so.
+//! a lease is refused rather than left to expire silently, and a waiter whose own key vanished is
+//! told so.
 
 mod common;
 
@@ -43,6 +44,19 @@ async fn create_revision(client: &Client, key: &[u8]) -> Option<(i64, i64)> {
     resp.kvs()
         .first()
         .map(|kv| (kv.create_revision(), kv.lease()))
+}
+
+/// Waits until `key` exists (`true`) or is gone (`false`).
+async fn wait_key(client: &Client, key: &str, exists: bool) {
+    let deadline = tokio::time::Instant::now() + HANDOVER;
+    while create_revision(client, key.as_bytes()).await.is_some() != exists {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{key} never {}",
+            if exists { "appeared" } else { "went away" }
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn rev(header: Option<&ResponseHeader>) -> i64 {
@@ -88,6 +102,8 @@ async fn lock_excludes_and_hands_over(client: &Client) {
             .lock("jobs", Some(LockOptions::new().with_lease(b)))
             .await
     });
+    // Queued (its key exists), and still waiting a while later.
+    wait_key(client, &format!("jobs/{b:x}"), true).await;
     tokio::time::sleep(STILL_BLOCKED).await;
     assert!(
         !second.is_finished(),
@@ -106,8 +122,8 @@ async fn lock_excludes_and_hands_over(client: &Client) {
     client.clone().unlock(second.key()).await.unwrap();
 }
 
-/// A Lock call that gives up while waiting (its deadline passes) removes its key, so it does not
-/// block the lockers after it.
+/// A Lock call whose caller goes away while it waits (here: the call is dropped, which resets
+/// its HTTP/2 stream) removes its key, so it does not block the lockers after it.
 async fn a_canceled_waiter_leaves_no_key(client: &Client) {
     let (a, b) = (lease(client, 30).await, lease(client, 30).await);
     let held = client
@@ -115,26 +131,17 @@ async fn a_canceled_waiter_leaves_no_key(client: &Client) {
         .lock("reports", Some(LockOptions::new().with_lease(a)))
         .await
         .unwrap();
-    let gave_up = tokio::time::timeout(
-        STILL_BLOCKED,
-        client
-            .clone()
-            .lock("reports", Some(LockOptions::new().with_lease(b))),
-    )
-    .await;
-    assert!(gave_up.is_err(), "the lock is held: the waiter times out");
+    let mut waiter = client.clone();
+    let waiting = tokio::spawn(async move {
+        waiter
+            .lock("reports", Some(LockOptions::new().with_lease(b)))
+            .await
+    });
     let waiter_key = format!("reports/{b:x}");
-    let deadline = tokio::time::Instant::now() + HANDOVER;
-    while create_revision(client, waiter_key.as_bytes())
-        .await
-        .is_some()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the abandoned waiter's key {waiter_key} is still there"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_key(client, &waiter_key, true).await;
+    waiting.abort();
+    wait_key(client, &waiter_key, false).await;
+    assert!(create_revision(client, held.key()).await.is_some());
     client.clone().unlock(held.key()).await.unwrap();
 }
 
@@ -226,6 +233,15 @@ async fn election_follows_its_leaders(client: &Client) {
     let leader = client.clone().leader("pilot").await.unwrap();
     assert_eq!(leader.kv().unwrap().value(), b"ann, again");
     assert_eq!(leader.kv().unwrap().key(), ann.key());
+
+    // Campaigning again with her lease keeps her place and proclaims the new value.
+    let again = client
+        .clone()
+        .campaign("pilot", "ann, third", a)
+        .await
+        .unwrap();
+    assert_eq!(again.leader().unwrap().rev(), ann.rev());
+    assert_eq!(next_value().await, "ann, third");
 
     let mut candidate = client.clone();
     let bob = tokio::spawn(async move { candidate.campaign("pilot", "bob", b).await });
@@ -329,10 +345,10 @@ async fn election_misuse(client: &Client) {
     client.clone().lease_revoke(a).await.unwrap();
 }
 
-/// Concord only: a Lock without a lease is held until Unlock — its key has no lease that could
-/// expire behind the holder's back (etcd attaches a 60 s lease nobody keeps alive).
+/// Concord only: a Lock or Campaign without a lease is refused (etcd attaches a 60 s lease
+/// nobody keeps alive, so the lock would expire silently; see `store/src/service/lock.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn concord_lock_without_a_lease_is_held_until_unlocked() {
+async fn concord_refuses_a_lock_without_a_lease() {
     let dir = tempfile::tempdir().unwrap();
     let server = concord::store::Server::start(concord::store::ServerConfig::for_test(dir.path()))
         .await
@@ -340,35 +356,19 @@ async fn concord_lock_without_a_lease_is_held_until_unlocked() {
     let client = Client::connect([server.client_addr().to_string()], None)
         .await
         .unwrap();
-    let one = client.clone().lock("batch", None).await.unwrap();
-    let two = client.clone().lock("other", None).await.unwrap();
-    let key = String::from_utf8(one.key().to_vec()).unwrap();
-    assert!(key.starts_with("batch/"), "{key}");
-    let (_, lease) = create_revision(&client, one.key()).await.unwrap();
-    assert_eq!(lease, 0, "no lease is attached, so nothing expires it");
-
-    let waiter = tokio::spawn({
-        let mut client = client.clone();
-        async move { client.lock("batch", None).await }
-    });
-    tokio::time::sleep(STILL_BLOCKED).await;
-    assert!(
-        !waiter.is_finished(),
-        "lease-less lockers exclude each other"
-    );
-    client.clone().unlock(one.key()).await.unwrap();
-    let next = tokio::time::timeout(HANDOVER, waiter)
+    let refused = |e: Error| {
+        let (code, message) = status(e);
+        assert_eq!(code, tonic::Code::InvalidArgument);
+        assert!(message.contains("need a lease"), "{message}");
+    };
+    refused(client.clone().lock("batch", None).await.unwrap_err());
+    refused(client.clone().campaign("pilot", "x", 0).await.unwrap_err());
+    let left = client
+        .clone()
+        .get("", Some(etcd_client::GetOptions::new().with_from_key()))
         .await
-        .expect("Unlock hands over")
-        .unwrap()
         .unwrap();
-    assert_ne!(
-        next.key(),
-        one.key(),
-        "each lease-less locker has its own key"
-    );
-    client.clone().unlock(next.key()).await.unwrap();
-    client.clone().unlock(two.key()).await.unwrap();
+    assert!(left.kvs().is_empty(), "a refused request writes nothing");
     server.shutdown().await.unwrap();
 }
 
@@ -385,12 +385,12 @@ async fn concord_waiter_whose_lease_expires_is_told() {
         .await
         .unwrap();
     let holder = lease(&client, 30).await;
-    let short = lease(&client, 2).await;
     let held = client
         .clone()
         .lock("door", Some(LockOptions::new().with_lease(holder)))
         .await
         .unwrap();
+    let short = lease(&client, 2).await;
     let e = tokio::time::timeout(
         Duration::from_secs(10),
         client

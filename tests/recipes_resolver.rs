@@ -186,6 +186,22 @@ async fn discover_reports_inserts_and_removals(client: &Client) {
     );
     one.deregister().await;
     assert_eq!(next().await, "remove 127.0.0.1:1");
+
+    // An instance written as Go's endpoints.Manager may write it: named "e3", not by address.
+    // A key deeper down is no instance of this service.
+    let mut etcd = client.etcd();
+    let record = r#"{"Addr":"127.0.0.1:3","Metadata":null}"#;
+    etcd.put(format!("{service}/x/y"), record, None)
+        .await
+        .unwrap();
+    etcd.put(format!("{service}/e3"), record, None)
+        .await
+        .unwrap();
+    assert_eq!(next().await, "insert e3 http://127.0.0.1:3/");
+    etcd.delete(format!("{service}/e3"), None).await.unwrap();
+    assert_eq!(next().await, "remove e3");
+    etcd.delete(format!("{service}/x/y"), None).await.unwrap();
+
     two.deregister().await;
     assert_eq!(next().await, "remove 127.0.0.1:2");
 }

@@ -59,27 +59,14 @@ impl Barrier {
 
     /// Releases every waiter.
     pub async fn release(&self) -> Result<()> {
-        let key = self.key.clone();
-        self.client
-            .retry(|mut c| {
-                let key = key.clone();
-                async move { c.delete(key, None).await }
-            })
-            .await?;
+        self.client.delete(self.key.as_str(), None).await?;
         Ok(())
     }
 
     /// Returns once the barrier is not held.
     pub async fn wait(&self) -> Result<()> {
         loop {
-            let key = self.key.clone();
-            let resp = self
-                .client
-                .retry(|mut c| {
-                    let key = key.clone();
-                    async move { c.get(key, None).await }
-                })
-                .await?;
+            let resp = self.client.get(self.key.as_str(), None).await?;
             if resp.kvs().is_empty() {
                 return Ok(());
             }
@@ -119,6 +106,19 @@ impl DoubleBarrier {
     }
 
     /// Registers `session` and waits until `count` participants have entered.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # async fn demo() -> concord_recipes::Result<()> {
+    /// use concord_recipes::{Client, DoubleBarrier, Session};
+    /// let client = Client::connect(["127.0.0.1:2379"]).await?;
+    /// let session = Session::new(&client, 10).await?;
+    /// let round = DoubleBarrier::new(&client, "benchmark/round-1", 3);
+    /// round.enter(&session).await?; // returns once all 3 workers entered
+    /// // ... the work all three do together ...
+    /// round.leave(&session).await?; // returns once all 3 left
+    /// # Ok(()) }
+    /// ```
     pub async fn enter(&self, session: &Session) -> Result<()> {
         session.check()?;
         let mine = format!("{}{:x}", self.waiters, session.lease());
@@ -157,14 +157,7 @@ impl DoubleBarrier {
 
     /// Waits for `<name>/ready` to exist (it may already, from revision `from` on).
     async fn wait_ready(&self, from: i64) -> Result<()> {
-        let ready = self.ready.clone();
-        let resp = self
-            .client
-            .retry(|mut c| {
-                let ready = ready.clone();
-                async move { c.get(ready, None).await }
-            })
-            .await?;
+        let resp = self.client.get(self.ready.as_str(), None).await?;
         if !resp.kvs().is_empty() {
             return Ok(());
         }

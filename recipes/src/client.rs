@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
+use etcd_client::{DeleteOptions, DeleteResponse, GetOptions, GetResponse, Txn, TxnResponse};
 
 use crate::error::{Error, Result};
 
@@ -123,21 +124,63 @@ impl Client {
     /// The `etcd-client` client of the endpoint calls currently go to, for anything the recipes
     /// do not wrap.
     pub fn etcd(&self) -> etcd_client::Client {
-        self.endpoints[self.pinned.load(Ordering::Relaxed)].clone()
+        self.pinned().1
     }
 
-    /// Moves the pin off the current endpoint, which just failed a call for a transient reason
-    /// (see the module doc). The recipes call it for failures outside [`Client::retry`].
-    pub fn endpoint_failed(&self) {
-        self.unpin(self.pinned.load(Ordering::Relaxed));
+    /// The endpoint calls currently go to: its index (for [`Client::unpin`]) and its client.
+    pub(crate) fn pinned(&self) -> (usize, etcd_client::Client) {
+        let index = self.pinned.load(Ordering::Relaxed);
+        (index, self.endpoints[index].clone())
     }
 
-    /// Moves the pin from endpoint `failed` to the next one, unless another call moved it already.
-    fn unpin(&self, failed: usize) {
+    /// Moves the pin from endpoint `failed`, which just failed a call or a stream for a transient
+    /// reason, to the next one — unless another failure moved it already (so a stale failure
+    /// never moves it back to a dead endpoint).
+    pub(crate) fn unpin(&self, failed: usize) {
         let next = (failed + 1) % self.endpoints.len();
         let _ = self
             .pinned
             .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// Reads `key` (with `options`), retrying transient failures: reads are idempotent.
+    pub async fn get(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<GetOptions>,
+    ) -> Result<GetResponse> {
+        let key = key.into();
+        self.retry(|mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.get(key, options).await }
+        })
+        .await
+    }
+
+    /// Deletes `key` (with `options`), retrying transient failures: deleting twice is deleting
+    /// once.
+    pub async fn delete(
+        &self,
+        key: impl Into<Vec<u8>>,
+        options: Option<DeleteOptions>,
+    ) -> Result<DeleteResponse> {
+        let key = key.into();
+        self.retry(|mut c| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { c.delete(key, options).await }
+        })
+        .await
+    }
+
+    /// Runs `txn`, retrying transient failures. Only for transactions whose compares make a
+    /// repeat a no-op (a create guarded by "does not exist yet", a delete guarded by a revision):
+    /// the first attempt may have been applied even though its answer was lost.
+    pub async fn txn_idempotent(&self, txn: Txn) -> Result<TxnResponse> {
+        self.retry(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
     }
 
     /// Runs `op` with a fresh handle, retrying transient failures (see the module doc).

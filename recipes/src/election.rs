@@ -113,13 +113,9 @@ impl Election {
             .with_prefix()
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
-        let prefix = self.prefix.clone();
         let resp = self
             .client
-            .retry(|mut c| {
-                let (prefix, first) = (prefix.clone(), first.clone());
-                async move { c.get(prefix, Some(first)).await }
-            })
+            .get(self.prefix.as_str(), Some(first.clone()))
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         let leader = resp.kvs().first().map(|kv| Leader {

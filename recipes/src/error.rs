@@ -34,13 +34,16 @@ pub enum Error {
 
 impl Error {
     /// Whether retrying the same call may succeed: the server was unavailable or had no leader,
-    /// or the connection broke.
+    /// or the connection broke. (A status with code Unknown that wraps an underlying error was
+    /// made by the client from a broken connection — a reset stream, say — not sent by a server.)
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => matches!(
-                s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-            ),
+            Error::Etcd(etcd_client::Error::GRpcStatus(s)) => {
+                matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+                ) || (s.code() == tonic::Code::Unknown && std::error::Error::source(s).is_some())
+            }
             Error::Etcd(etcd_client::Error::TransportError(_)) => true,
             _ => false,
         }

@@ -37,7 +37,8 @@ pub enum Update {
     Events { events: Vec<Event>, revision: i64 },
     /// The history needed to go on was compacted: this is the whole range at `revision`.
     Resync { kvs: Vec<KeyValue>, revision: i64 },
-    /// A watch is open (the first one, or again after [`Update::Disconnected`]).
+    /// A watch is open: the first one, a new one after [`Update::Disconnected`], or the one that
+    /// goes on after a [`Update::Resync`].
     Connected,
     /// The watch broke (the reason is `error`); it is being reopened from where it stopped.
     Disconnected { error: String },
@@ -98,13 +99,8 @@ impl Client {
 
 /// The range at one revision.
 async fn list(client: &Client, key: &str, prefix: bool) -> Result<(Vec<KeyValue>, i64)> {
-    let resp = client
-        .retry(|mut c| {
-            let options = prefix.then(|| GetOptions::new().with_prefix());
-            let key = key.to_string();
-            async move { c.get(key, options).await }
-        })
-        .await?;
+    let options = prefix.then(|| GetOptions::new().with_prefix());
+    let resp = client.get(key, options).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     Ok((resp.kvs().to_vec(), revision))
 }
@@ -127,7 +123,9 @@ async fn follow(
 ) {
     let mut backoff = MIN_BACKOFF;
     loop {
-        let broke = match watch(&client, &key, prefix, &mut revision, tx, &mut backoff).await {
+        let (endpoint, etcd) = client.pinned();
+        let watched = watch(&client, etcd, &key, prefix, &mut revision, tx, &mut backoff).await;
+        let broke = match watched {
             Ok(Ended::ConsumerGone) => return,
             Ok(Ended::Resynced) => continue,
             Err(e) => e,
@@ -135,7 +133,7 @@ async fn follow(
         tracing::warn!(%key, error = %broke, ?backoff, resume_at = revision + 1,
             "a followed watch broke; resuming");
         if broke.is_transient() {
-            client.endpoint_failed();
+            client.unpin(endpoint);
         }
         let news = Update::Disconnected {
             error: broke.to_string(),
@@ -153,6 +151,7 @@ async fn follow(
 /// works.
 async fn watch(
     client: &Client,
+    mut etcd: etcd_client::Client,
     key: &str,
     prefix: bool,
     revision: &mut i64,
@@ -166,7 +165,7 @@ async fn watch(
         options = options.with_prefix();
     }
     // etcd-client has read the creation answer already: the watch is open.
-    let mut stream = client.etcd().watch(key, Some(options)).await?;
+    let mut stream = etcd.watch(key, Some(options)).await?;
     if tx.send(Update::Connected).await.is_err() {
         return Ok(Ended::ConsumerGone);
     }

@@ -102,12 +102,7 @@ impl Guard {
         let txn = Txn::new()
             .when([self.held()])
             .and_then([TxnOp::delete(self.key.as_str(), None)]);
-        self.client
-            .retry(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        self.client.txn_idempotent(txn).await?;
         Ok(())
     }
 }

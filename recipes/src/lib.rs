@@ -33,7 +33,11 @@
 //! - [`Resolver`]: a `tower::discover::Discover` of tonic endpoints fed by the registry, and a
 //!   tonic `Channel` that balances over the live instances of a service.
 //!
-//! Left out so far (the SDK issue lists it; it comes next): key namespacing.
+//! - [`Client::with_namespace`]: every recipe made from a namespaced client keeps its keys under
+//!   the namespace's prefix.
+//!
+//! Left out: auth (user and password, TLS) is whatever `etcd-client` offers through
+//! [`Client::from_etcd`]; the recipes add nothing to it.
 
 mod barrier;
 mod client;

@@ -30,6 +30,18 @@ pub struct Queue {
 }
 
 /// A priority queue: lower numbers first (see the module doc).
+///
+/// # Examples
+/// ```no_run
+/// # async fn demo() -> concord_recipes::Result<()> {
+/// use concord_recipes::{Client, PriorityQueue};
+/// let client = Client::connect(["127.0.0.1:2379"]).await?;
+/// let tickets = PriorityQueue::new(&client, "tickets");
+/// tickets.push("printer jammed", 5).await?;
+/// tickets.push("site down", 0).await?;
+/// assert_eq!(tickets.pop().await?, b"site down"); // priority 0 first
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct PriorityQueue {
     inner: Items,
@@ -125,12 +137,7 @@ impl Items {
         let txn = Txn::new()
             .when([Compare::create_revision(key.as_str(), CompareOp::Equal, 0)])
             .and_then([TxnOp::put(key.as_str(), value, None)]);
-        self.client
-            .retry(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        self.client.txn_idempotent(txn).await?;
         Ok(())
     }
 
@@ -151,13 +158,9 @@ impl Items {
                 .with_prefix()
                 .with_sort(self.order, SortOrder::Ascend)
                 .with_limit(CLAIM_BATCH);
-            let prefix = self.prefix.clone();
             let resp = self
                 .client
-                .retry(|mut c| {
-                    let (prefix, first) = (prefix.clone(), first.clone());
-                    async move { c.get(prefix, Some(first)).await }
-                })
+                .get(self.prefix.as_str(), Some(first.clone()))
                 .await?;
             let revision = resp.header().map_or(0, |h| h.revision());
             for kv in resp.kvs() {

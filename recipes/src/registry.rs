@@ -38,6 +38,11 @@ pub struct Instance {
     pub addr: String,
     #[serde(rename = "Metadata", default)]
     pub metadata: serde_json::Value,
+    /// Its name within the service: the part of its key after `<service>/`. Instances this crate
+    /// registers are named by their address; Go's `endpoints.Manager` lets callers choose any
+    /// name, which is what [`Change::Down`] reports. Not part of the stored JSON.
+    #[serde(skip)]
+    pub key: String,
 }
 
 /// A change to a service's instances.
@@ -45,7 +50,7 @@ pub struct Instance {
 pub enum Change {
     /// An instance registered (or changed its metadata).
     Up(Instance),
-    /// The instance at this address is gone.
+    /// The instance with this [`Instance::key`] is gone.
     Down(String),
     /// The change stream had to start over: these are all the instances now.
     Resync(Vec<Instance>),
@@ -99,6 +104,7 @@ impl ServiceRegistry {
             addr: addr.to_string(),
             metadata: serde_json::to_value(metadata)
                 .map_err(|e| Error::Invalid(format!("metadata is not JSON: {e}")))?,
+            key: addr.to_string(),
         };
         let value = serde_json::to_vec(&instance).expect("a Value serializes");
         let key = format!("{}/{addr}", self.client.key(service));
@@ -129,8 +135,9 @@ impl ServiceRegistry {
     ) -> Result<(Vec<Instance>, impl Stream<Item = Change> + Send + 'static)> {
         let prefix = format!("{}/", self.client.key(service));
         let (kvs, _, updates) = self.client.list_and_follow(&prefix, true).await?;
+        let listed = instances(&prefix, &kvs);
         let changes = updates.flat_map(move |update| stream::iter(changes(&prefix, update)));
-        Ok((instances(&kvs), changes))
+        Ok((listed, changes))
     }
 }
 
@@ -209,31 +216,46 @@ async fn heartbeat(
 }
 
 /// The instances among `kvs` (keys that are not instance records are skipped).
-fn instances(kvs: &[etcd_client::KeyValue]) -> Vec<Instance> {
-    kvs.iter()
-        .filter_map(|kv| serde_json::from_slice(kv.value()).ok())
-        .collect()
+fn instances(prefix: &str, kvs: &[etcd_client::KeyValue]) -> Vec<Instance> {
+    kvs.iter().filter_map(|kv| instance(prefix, kv)).collect()
+}
+
+/// The instance record `kv` under `prefix`, named by the rest of its key; `None` for a value
+/// that is not an instance record or a key deeper down (`<service>/a/b` belongs to no instance
+/// of `<service>`).
+fn instance(prefix: &str, kv: &etcd_client::KeyValue) -> Option<Instance> {
+    let key = instance_key(prefix, kv)?;
+    let instance: Instance = serde_json::from_slice(kv.value()).ok()?;
+    Some(Instance { key, ..instance })
+}
+
+/// The name of the instance whose key is `kv`'s (see [`instance`]).
+fn instance_key(prefix: &str, kv: &etcd_client::KeyValue) -> Option<String> {
+    let name = String::from_utf8_lossy(kv.key().get(prefix.len()..)?).into_owned();
+    (!name.is_empty() && !name.contains('/')).then_some(name)
 }
 
 /// The changes to the instances under `prefix` that `update` brings, in revision order.
 fn changes(prefix: &str, update: Update) -> Vec<Change> {
     let events = match update {
-        Update::Resync { kvs, .. } => return vec![Change::Resync(instances(&kvs))],
+        Update::Resync { kvs, .. } => return vec![Change::Resync(instances(prefix, &kvs))],
         Update::Events { events, .. } => events,
         Update::Connected | Update::Disconnected { .. } => return Vec::new(),
     };
     let mut changes = BTreeMap::new();
     for event in &events {
         let Some(kv) = event.kv() else { continue };
-        let addr = String::from_utf8_lossy(&kv.key()[prefix.len()..]).into_owned();
+        let Some(key) = instance_key(prefix, kv) else {
+            continue;
+        };
         let change = match event.event_type() {
-            EventType::Delete => Change::Down(addr.clone()),
-            EventType::Put => match serde_json::from_slice(kv.value()) {
-                Ok(instance) => Change::Up(instance),
-                Err(_) => continue, // not an instance record
+            EventType::Delete => Change::Down(key.clone()),
+            EventType::Put => match instance(prefix, kv) {
+                Some(instance) => Change::Up(instance),
+                None => continue, // not an instance record
             },
         };
-        changes.insert((kv.mod_revision(), addr), change);
+        changes.insert((kv.mod_revision(), key), change);
     }
     changes.into_values().collect()
 }

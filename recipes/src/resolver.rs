@@ -8,7 +8,8 @@
 //! between what it knew and the new listing — so the set of endpoints converges to the registered
 //! set whatever happened in between. The first listing is retried with backoff until the server
 //! answers. Endpoints are keyed by the instance's
-//! address; an instance that changes its metadata is inserted again under the same key.
+//! [`Instance::key`](crate::Instance::key) (its address, for instances this crate registers); an
+//! instance that changes its address or metadata is inserted again under the same key.
 //!
 //! [`Resolver::channel`] feeds such a stream into [`Channel::balance_channel`]: a tonic client on
 //! that channel spreads its calls over the live instances (tower's power-of-two-choices balancer)
@@ -78,7 +79,7 @@ impl Resolver {
     }
 
     /// The live endpoints of `service` as a `tower::discover::Discover` (a stream of
-    /// inserts and removals keyed by address). It ends only when dropped.
+    /// inserts and removals keyed by [`Instance::key`]). It ends only when dropped.
     pub fn discover(
         &self,
         service: &str,
@@ -164,7 +165,7 @@ async fn resolve<C: Send + 'static>(
         };
         let alive = match change {
             Some(Change::Up(instance)) => known.insert(&instance).await,
-            Some(Change::Down(addr)) => known.remove(addr).await,
+            Some(Change::Down(key)) => known.remove(key).await,
             Some(Change::Resync(instances)) => known.resync(instances).await,
             None => return, // only when the runtime shuts down
         };
@@ -193,20 +194,20 @@ impl<C> Known<C> {
             tracing::warn!(addr = %instance.addr, "skipping an instance whose address is not a URI");
             return true;
         };
-        if self.endpoints.get(&instance.addr) == Some(instance) {
+        if self.endpoints.get(&instance.key) == Some(instance) {
             return true; // nothing new
         }
         self.endpoints
-            .insert(instance.addr.clone(), instance.clone());
-        let key = instance.addr.clone();
+            .insert(instance.key.clone(), instance.clone());
+        let key = instance.key.clone();
         self.send(Discovered::Insert(key, endpoint)).await
     }
 
-    async fn remove(&mut self, addr: String) -> bool {
-        if self.endpoints.remove(&addr).is_none() {
+    async fn remove(&mut self, key: String) -> bool {
+        if self.endpoints.remove(&key).is_none() {
             return true;
         }
-        self.send(Discovered::Remove(addr)).await
+        self.send(Discovered::Remove(key)).await
     }
 
     /// Makes the known set exactly `instances`.
@@ -214,11 +215,11 @@ impl<C> Known<C> {
         let gone: Vec<String> = self
             .endpoints
             .keys()
-            .filter(|addr| !instances.iter().any(|i| &i.addr == *addr))
+            .filter(|key| !instances.iter().any(|i| &i.key == *key))
             .cloned()
             .collect();
-        for addr in gone {
-            if !self.remove(addr).await {
+        for key in gone {
+            if !self.remove(key).await {
                 return false;
             }
         }

@@ -73,13 +73,9 @@ impl Semaphore {
                 .with_sort(SortTarget::Create, SortOrder::Ascend)
                 .with_limit(self.permits as i64)
                 .with_keys_only();
-            let prefix = self.prefix.clone();
             let resp = self
                 .client
-                .retry(|mut c| {
-                    let (prefix, first) = (prefix.clone(), first.clone());
-                    async move { c.get(prefix, Some(first)).await }
-                })
+                .get(self.prefix.as_str(), Some(first.clone()))
                 .await?;
             if resp.kvs().iter().any(|kv| kv.create_revision() == mine) {
                 return Ok(());

@@ -180,8 +180,9 @@ async fn keep_alive(
             }
             None => {
                 // Reopen on the next round, on another endpoint if there is one.
-                stream = None;
-                client.endpoint_failed();
+                if let Some((endpoint, _)) = stream.take() {
+                    client.unpin(endpoint);
+                }
             }
         }
         let now = Instant::now();
@@ -203,7 +204,11 @@ async fn keep_alive(
     }
 }
 
-type KeepAlive = (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream);
+/// An open keepalive stream, and the endpoint it was opened on.
+type KeepAlive = (
+    usize,
+    (etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream),
+);
 
 /// One keepalive round trip: `Some(ttl)` answered (0 = the lease is gone), `None` no answer.
 async fn renew(
@@ -213,15 +218,16 @@ async fn renew(
     stream: &mut Option<KeepAlive>,
     wait: Duration,
 ) -> Option<i64> {
+    let mut endpoint = client.pinned();
     let round = async {
         match stream {
-            Some((keeper, answers)) => {
+            Some((_, (keeper, answers))) => {
                 keeper.keep_alive().await.ok()?;
                 answers.message().await.ok()?.map(|a| a.ttl())
             }
-            None => match client.etcd().lease_keep_alive(lease).await {
+            None => match endpoint.1.lease_keep_alive(lease).await {
                 Ok(opened) => {
-                    *stream = Some(opened);
+                    *stream = Some((endpoint.0, opened));
                     // Opening the stream renewed the lease once (etcd-client consumed the answer,
                     // which carries the granted TTL).
                     Some(ttl)
@@ -229,6 +235,9 @@ async fn renew(
                 Err(etcd_client::Error::LeaseKeepAliveError(_)) => Some(0),
                 Err(e) => {
                     tracing::debug!(lease = format!("{lease:x}"), error = %e, "keepalive failed");
+                    if Error::from(e).is_transient() {
+                        client.unpin(endpoint.0);
+                    }
                     None
                 }
             },

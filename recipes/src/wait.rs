@@ -80,12 +80,7 @@ pub(crate) async fn wait_for_predecessors(client: &Client, prefix: &str, mine: i
             .with_sort(SortTarget::Create, SortOrder::Descend)
             .with_max_create_revision(mine - 1)
             .with_limit(1);
-        let resp = client
-            .retry(|mut c| {
-                let (prefix, last) = (prefix.to_string(), last.clone());
-                async move { c.get(prefix, Some(last)).await }
-            })
-            .await?;
+        let resp = client.get(prefix.to_string(), Some(last.clone())).await?;
         let Some(before) = resp.kvs().first() else {
             return Ok(());
         };
@@ -100,7 +95,8 @@ pub(crate) async fn wait_deleted(client: &Client, key: Vec<u8>, from: i64) -> Re
 }
 
 /// Waits for an event of `kind` on `key` (or under it, when `prefix`), from revision `from` on.
-/// A watch canceled by compaction returns too: the caller reads the state again.
+/// A watch canceled by compaction, or broken by a transient failure (a restart, a lost
+/// connection), returns too: the caller reads the state again, which it does with retries.
 pub(crate) async fn watch_for(
     client: &Client,
     key: impl Into<Vec<u8>>,
@@ -112,11 +108,25 @@ pub(crate) async fn watch_for(
     if prefix {
         options = options.with_prefix();
     }
-    let mut etcd = client.etcd();
-    let mut stream = etcd.watch(key, Some(options)).await?;
+    let (endpoint, mut etcd) = client.pinned();
+    let broke = |e: etcd_client::Error| {
+        let e = Error::from(e);
+        if e.is_transient() {
+            client.unpin(endpoint);
+            Ok(())
+        } else {
+            Err(e)
+        }
+    };
+    let mut stream = match etcd.watch(key, Some(options)).await {
+        Ok(stream) => stream,
+        Err(e) => return broke(e),
+    };
     loop {
-        let Some(resp) = stream.message().await? else {
-            return Err(Error::WatchEnded("closed by the server".into()));
+        let resp = match stream.message().await {
+            Ok(Some(resp)) => resp,
+            Ok(None) => return Ok(()), // closed by the server (it is stopping): read again
+            Err(e) => return broke(e),
         };
         if resp.canceled() || resp.events().iter().any(|e| e.event_type() == kind) {
             return Ok(());
@@ -126,12 +136,7 @@ pub(crate) async fn watch_for(
 
 /// Reads `key` and checks that it still has create revision `token`.
 pub(crate) async fn still_mine(client: &Client, key: &str, token: i64) -> Result<bool> {
-    let resp = client
-        .retry(|mut c| {
-            let key = key.to_string();
-            async move { c.get(key, None).await }
-        })
-        .await?;
+    let resp = client.get(key.to_string(), None).await?;
     Ok(resp
         .kvs()
         .first()

@@ -247,12 +247,7 @@ impl WorkQueue {
                 TxnOp::put(self.key(READY, &id), "0", None),
             ]);
         // Retried safely: the id is random, so an existing item means an earlier attempt made it.
-        self.client
-            .retry(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        self.client.txn_idempotent(txn).await?;
         Ok(id)
     }
 
@@ -360,13 +355,7 @@ impl WorkQueue {
         let all = GetOptions::new()
             .with_prefix()
             .with_sort(SortTarget::Key, SortOrder::Ascend);
-        let resp = self
-            .client
-            .retry(|mut c| {
-                let (prefix, all) = (prefix.clone(), all.clone());
-                async move { c.get(prefix, Some(all)).await }
-            })
-            .await?;
+        let resp = self.client.get(prefix.clone(), Some(all.clone())).await?;
         Ok(resp
             .kvs()
             .iter()
@@ -380,12 +369,7 @@ impl WorkQueue {
     /// Deletes the dead letter `id` (nothing happens if there is none).
     pub async fn delete_dead_letter(&self, id: &str) -> Result<()> {
         let key = self.key(DEAD, id);
-        self.client
-            .retry(|mut c| {
-                let key = key.clone();
-                async move { c.delete(key, None).await }
-            })
-            .await?;
+        self.client.delete(key.clone(), None).await?;
         Ok(())
     }
 
@@ -455,13 +439,7 @@ impl WorkQueue {
                 Some(GetOptions::new().with_prefix().with_keys_only()),
             ),
         ]);
-        let resp = self
-            .client
-            .retry(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        let resp = self.client.txn_idempotent(txn).await?;
         let mut gets = resp.op_responses().into_iter().map(|op| match op {
             TxnOpResponse::Get(get) => Some(get),
             _ => None,
@@ -516,13 +494,7 @@ impl WorkQueue {
             ops.push(TxnOp::put(self.key(READY, id), attempts.to_string(), None));
         } else {
             let item = self.key(ITEM, id);
-            let resp = self
-                .client
-                .retry(|mut c| {
-                    let item = item.clone();
-                    async move { c.get(item, None).await }
-                })
-                .await?;
+            let resp = self.client.get(item.clone(), None).await?;
             // No item (deleted behind the queue's back): the stale claim is just dropped.
             if let Some(kv) = resp.kvs().first() {
                 tracing::info!(id, attempts, "claim expired for the last time: dead letter");
@@ -537,12 +509,7 @@ impl WorkQueue {
         }
         let txn = Txn::new().when(when).and_then(ops);
         // Retried: the compares make a repeat a no-op.
-        self.client
-            .retry(|mut c| {
-                let txn = txn.clone();
-                async move { c.txn(txn).await }
-            })
-            .await?;
+        self.client.txn_idempotent(txn).await?;
         Ok(())
     }
 

@@ -68,6 +68,12 @@ pub enum Error {
     /// ended or someone deleted the key. etcd 3.4 does not check this; 3.5 answers with this text.
     #[error("mutex: session is expired")]
     SessionExpired,
+    /// Concord's own rule (see `service/lock.rs`): etcd would attach a 60 s lease nobody renews.
+    #[error(
+        "concord: Lock and Campaign need a lease (lease 0 would make etcd attach a 60 s lease that \
+         nobody keeps alive, so the lock would expire silently); grant one and keep it alive"
+    )]
+    LeaseRequired,
 
     // --- Raft and server state ---
     #[error("etcdserver: no leader")]
@@ -112,6 +118,7 @@ impl Error {
             | Error::DuplicateKey
             | Error::InvalidSortOption
             | Error::RequestTooLarge
+            | Error::LeaseRequired
             | Error::Config(_) => Code::InvalidArgument,
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
@@ -148,10 +155,11 @@ impl Error {
     /// The status of a Lock or Election call that failed. etcd serves those services through an
     /// in-process client that keeps an error's text but not its code, so clients see `Unknown`
     /// ("etcdserver: requested lease not found" included). Concord answers the same, except that
-    /// `Unavailable` (no leader, stopping) stays `Unavailable`, so clients still retry it.
+    /// `Unavailable` (no leader, stopping) stays `Unavailable`, so clients still retry it, and
+    /// Concord's own [`Error::LeaseRequired`] keeps its code.
     pub fn concurrency_status(self) -> tonic::Status {
-        match self.code() {
-            tonic::Code::Unavailable => self.into(),
+        match (&self, self.code()) {
+            (_, tonic::Code::Unavailable) | (Error::LeaseRequired, _) => self.into(),
             _ => tonic::Status::new(tonic::Code::Unknown, self.to_string()),
         }
     }

@@ -170,6 +170,11 @@ impl Server {
         self.hub.counts()
     }
 
+    /// How many times a watcher fell behind its stream (moved to the unsynced group), ever.
+    pub fn watchers_fell_behind(&self) -> u64 {
+        self.hub.fell_behind()
+    }
+
     /// Waits until the node loop stops by itself (a fatal storage error); returns its error.
     pub async fn stopped(&mut self) -> Result<()> {
         let thread = self.node_thread.take().expect("stopped() is called once");

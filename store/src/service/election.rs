@@ -9,8 +9,8 @@
 //! overwrite its successor's value.
 //!
 //! - Campaign waits until the caller leads. Campaigning again with the same lease keeps its place
-//!   and updates its value. A campaign without a lease is held until Resign (see `lock` for why
-//!   Concord attaches no lease that nobody keeps alive).
+//!   and updates its value. A campaign without a lease is refused, like a Lock without one (see
+//!   `lock` for why); a campaign whose caller goes away removes its candidacy.
 //! - Leader answers "election: no leader" when nobody leads; Observe sends the leader and each of
 //!   its proclamations, then its successor, and sends nothing while there is no leader (as etcd).
 //! - Proclaim by anyone but the leader fails with "election: not leader"; Resign by anyone else
@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use concord_proto::etcdserverpb::{PutRequest, ResponseHeader, TxnRequest, request_op};
+use concord_proto::etcdserverpb::ResponseHeader;
 use concord_proto::mvccpb::{KeyValue, event::EventType};
 use concord_proto::v3electionpb::{
     CampaignRequest, CampaignResponse, LeaderKey, LeaderRequest, LeaderResponse, ProclaimRequest,
@@ -32,8 +32,8 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use super::Core;
-use super::local::{Cleanup, Local, Seen, created_at, op, prefix_end};
-use super::lock::owner_suffix;
+use super::local::{Local, Seen, prefix_end};
+use super::lock::owner_key;
 use crate::error::{Error, Result};
 
 /// Leader changes buffered per Observe stream.
@@ -56,47 +56,32 @@ impl ElectionService {
     }
 
     async fn campaign(&self, r: CampaignRequest) -> Result<CampaignResponse> {
+        if r.lease == 0 {
+            return Err(Error::LeaseRequired);
+        }
         let prefix = [r.name.as_slice(), b"/"].concat();
-        let key = [prefix.as_slice(), owner_suffix(r.lease).as_bytes()].concat();
-        let place = self.local.enqueue(&prefix, &key, &r.value, r.lease).await?;
-        let leader = LeaderKey {
-            name: r.name,
-            key,
-            rev: place.rev,
-            lease: r.lease,
-        };
-        let cleanup = Cleanup::new(&self.local, &leader.key, place.rev);
-        if place.value != r.value {
-            // Campaigning again with another value: the candidacy keeps its place, with the value.
-            self.proclaim_as(&leader, r.value).await?;
-        }
-        if !place.first {
-            self.local
-                .wait_turn(&prefix, &leader.key, place.rev)
-                .await?;
-        }
-        cleanup.disarm();
+        let key = owner_key(&prefix, r.lease);
+        // Campaigning again with the same lease keeps its place and proclaims the new value.
+        let won = self
+            .local
+            .contend(prefix, key.clone(), r.value, r.lease, true)
+            .await?;
         Ok(CampaignResponse {
-            header: self.core().header(place.header),
-            leader: Some(leader),
+            header: self.core().header(won.header),
+            leader: Some(LeaderKey {
+                name: r.name,
+                key,
+                rev: won.rev,
+                lease: r.lease,
+            }),
         })
     }
 
     /// Sets the leader's value, if `leader` still is the leader's key.
     async fn proclaim_as(&self, leader: &LeaderKey, value: Vec<u8>) -> Result<ProclaimResponse> {
-        let put = PutRequest {
-            key: leader.key.clone(),
-            value,
-            lease: leader.lease,
-            ..Default::default()
-        };
         let resp = self
             .local
-            .txn(TxnRequest {
-                compare: vec![created_at(&leader.key, leader.rev)],
-                success: vec![op(request_op::Request::RequestPut(put))],
-                failure: vec![],
-            })
+            .put_if(&leader.key, leader.rev, value, leader.lease)
             .await?;
         if !resp.succeeded {
             return Err(Error::ElectionNotLeader);
@@ -236,11 +221,13 @@ impl Election for ElectionService {
         let prefix = [request.into_inner().name.as_slice(), b"/"].concat();
         let (tx, rx) = mpsc::channel(OBSERVE_BUFFER);
         let local = self.local.clone();
+        let mut stop = self.core().stop.clone();
         tokio::spawn(async move {
             let out = tx.clone();
             let result = tokio::select! {
                 result = observe(local, prefix, tx.clone()) => result,
                 _ = out.closed() => Ok(()), // the client went away
+                _ = stop.wait_for(|stopped| *stopped) => Ok(()),
             };
             match result {
                 Ok(()) | Err(Error::Stopped) => {}

@@ -6,18 +6,22 @@
 //! adapter's checked entry points (so every write still goes through Raft and every read is
 //! linearizable) and opens watchers on the hub directly.
 //!
-//! The discipline ([`Local::enqueue`], [`Local::wait_turn`]) is etcd's: contenders for `name` each
-//! own a key under `name/`, ordered by create revision; the lowest one holds. A waiter watches
-//! only the closest key created before its own, so a release wakes one waiter, not all of them.
-//! Unlike etcd 3.4, a waiter also watches its own key: if that key vanishes while it waits (its
-//! lease ended, or someone deleted it), it stops with "mutex: session is expired" rather than
-//! reporting a lock it no longer has a place for.
+//! The discipline ([`Local::contend`]) is etcd's: contenders for `name` each own a key under
+//! `name/`, ordered by create revision; the lowest one holds. A waiter watches only the closest
+//! key created before its own, so a release wakes one waiter, not all of them. Unlike etcd 3.4, a
+//! waiter also watches its own key, and checks it once more when its turn comes: if the key
+//! vanished (its lease ended, or someone deleted it), it fails with "mutex: session is expired"
+//! rather than report a lock it no longer has a place for.
 //!
-//! A contender whose request goes away while it waits (the client canceled, the connection broke)
-//! must not leave its key behind to block everyone after it: [`Cleanup`] deletes the key when
-//! dropped unless disarmed.
+//! A contender whose caller goes away (the client canceled, its deadline passed, the connection
+//! broke) must not leave its key behind to block everyone after it — not even when it goes away
+//! while the key is being written. So a contention runs on a task of its own: it always learns
+//! whether its key was created, and when nobody takes its answer (or the answer is an error), it
+//! deletes the key it created. A key that existed before the request (the same lease contending
+//! again) is never deleted by it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use concord_proto::etcdserverpb::{
     Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, RangeRequest, RequestOp,
@@ -25,7 +29,7 @@ use concord_proto::etcdserverpb::{
     range_request, request_op, response_op,
 };
 use concord_proto::mvccpb::{KeyValue, event::EventType};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Core;
 use super::kv::KvService;
@@ -34,6 +38,8 @@ use crate::watch::{Delivery, StreamId};
 
 /// Deliveries buffered for one in-process watcher.
 const WATCH_BUFFER: usize = 64;
+/// Attempts to delete an abandoned contender's key while the cluster is unavailable.
+const CLEANUP_ATTEMPTS: usize = 10;
 
 /// An in-process client (see the module doc).
 #[derive(Clone)]
@@ -50,6 +56,14 @@ pub struct Place {
     pub value: Vec<u8>,
     /// Whether it holds already (no key under the prefix was created before it).
     pub first: bool,
+    /// Whether this request created the key (rather than finding it).
+    pub created: bool,
+    pub header: Option<ResponseHeader>,
+}
+
+/// A won contention: the key's create revision and the header of the read that settled it.
+pub struct Won {
+    pub rev: i64,
     pub header: Option<ResponseHeader>,
 }
 
@@ -173,23 +187,158 @@ impl Local {
             rev,
             value,
             first,
+            created: resp.succeeded,
             header: resp.header,
         })
     }
 
+    /// Puts `value` (with `lease`) at `key` if its create revision is still `rev` (an election's
+    /// Proclaim); `succeeded` says whether it was.
+    pub async fn put_if(
+        &self,
+        key: &[u8],
+        rev: i64,
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<TxnResponse> {
+        let put = PutRequest {
+            key: key.to_vec(),
+            value,
+            lease,
+            ..Default::default()
+        };
+        self.txn(TxnRequest {
+            compare: vec![created_at(key, rev)],
+            success: vec![op(request_op::Request::RequestPut(put))],
+            failure: vec![],
+        })
+        .await
+    }
+
+    /// Contends for `key` under `prefix` with `value` and `lease`, and waits for its turn, on a
+    /// task of its own (see the module doc). With `proclaim`, a key that exists already with
+    /// another value (the same lease campaigning again) gets `value`.
+    pub async fn contend(
+        &self,
+        prefix: Vec<u8>,
+        key: Vec<u8>,
+        value: Vec<u8>,
+        lease: i64,
+        proclaim: bool,
+    ) -> Result<Won> {
+        let (reply, answer) = oneshot::channel();
+        let local = self.clone();
+        tokio::spawn(async move {
+            let place = match local.enqueue(&prefix, &key, &value, lease).await {
+                Ok(place) => place,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            let mut reply = reply;
+            let turn = local.take_turn(&prefix, &key, value, lease, proclaim, &place);
+            let result = tokio::select! {
+                result = turn => Some(result),
+                _ = reply.closed() => None,
+            };
+            let failed = !matches!(result, Some(Ok(_)));
+            let delivered = result.is_some_and(|r| reply.send(r).is_ok());
+            if place.created && (failed || !delivered) {
+                local.remove_abandoned(&key, place.rev).await;
+            }
+        });
+        answer.await.map_err(|_| Error::Stopped)?
+    }
+
+    /// After [`Local::enqueue`]: proclaims if asked, then waits until `key` is first.
+    async fn take_turn(
+        &self,
+        prefix: &[u8],
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+        proclaim: bool,
+        place: &Place,
+    ) -> Result<Won> {
+        if proclaim && place.value != value {
+            let proclaimed = self.put_if(key, place.rev, value, lease).await?;
+            if !proclaimed.succeeded {
+                return Err(Error::ElectionNotLeader);
+            }
+        }
+        let header = if place.first {
+            place.header
+        } else {
+            let from = place.header.as_ref().map_or(0, |h| h.revision) + 1;
+            self.wait_turn(prefix, key, place.rev, from).await?
+        };
+        Ok(Won {
+            rev: place.rev,
+            header,
+        })
+    }
+
+    /// Deletes a key its contender created and nobody will use, retrying while the cluster is
+    /// unavailable; a key that is gone or was re-created meanwhile is left alone.
+    async fn remove_abandoned(&self, key: &[u8], rev: i64) {
+        let mut backoff = Duration::from_millis(50);
+        for _ in 0..CLEANUP_ATTEMPTS {
+            match self.delete_if(key, rev).await {
+                Ok(_) => return,
+                Err(e) if e.code() == tonic::Code::Unavailable => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    tracing::warn!(key = %String::from_utf8_lossy(key), error = %e,
+                        "could not remove an abandoned lock or election key");
+                    return;
+                }
+            }
+        }
+    }
+
     /// Waits until no key under `prefix` was created before `rev` (the caller's key, `key`, is
-    /// then the first), watching one predecessor at a time; fails if `key` itself goes away
-    /// meanwhile. Returns the header of the read that found no predecessor.
-    pub async fn wait_turn(
+    /// then the first), watching one predecessor at a time and, from revision `from` on, `key`
+    /// itself: fails if `key` goes away first. Returns the header of the read that settled it.
+    async fn wait_turn(
         &self,
         prefix: &[u8],
         key: &[u8],
         rev: i64,
+        from: i64,
     ) -> Result<Option<ResponseHeader>> {
-        let mine = self.watch(key, rev).await?;
         tokio::select! {
-            header = self.wait_predecessors(prefix, rev) => header,
-            _ = mine.deleted() => Err(Error::SessionExpired),
+            biased;
+            gone = self.wait_gone(key, rev, from) => {
+                gone?;
+                Err(Error::SessionExpired)
+            }
+            settled = self.wait_predecessors(prefix, rev) => {
+                let settled = settled?;
+                // Its own key may have gone just before: check it once more.
+                let (kvs, _) = self.get(key, |_| {}).await?;
+                match kvs.first() {
+                    Some(kv) if kv.create_revision == rev => Ok(settled),
+                    _ => Err(Error::SessionExpired),
+                }
+            }
+        }
+    }
+
+    /// Waits until `key` no longer has create revision `rev`, watching from `from` on.
+    async fn wait_gone(&self, key: &[u8], rev: i64, mut from: i64) -> Result<()> {
+        loop {
+            if self.watch(key, from).await?.deleted().await? {
+                return Ok(());
+            }
+            // Compacted past `from`: look at the key itself, and watch on from there.
+            let (kvs, header) = self.get(key, |_| {}).await?;
+            if kvs.first().is_none_or(|kv| kv.create_revision != rev) {
+                return Ok(());
+            }
+            from = header.map_or(0, |h| h.revision) + 1;
         }
     }
 
@@ -208,6 +357,7 @@ impl Local {
                 return Ok(header);
             };
             let from = header.as_ref().map_or(0, |h| h.revision);
+            // Deleted, or compacted past `from`: either way, look again.
             self.watch(&before.key[..], from).await?.deleted().await?;
         }
     }
@@ -281,14 +431,15 @@ impl LocalWatch {
         }
     }
 
-    /// Waits for a delete of the watched key; compaction also returns (the caller reads again).
-    pub async fn deleted(mut self) -> Result<()> {
+    /// Waits for a delete of the watched key: `true`; `false` when the history it needed was
+    /// compacted (the caller reads the key again).
+    pub async fn deleted(mut self) -> Result<bool> {
         loop {
             match self.next().await? {
-                Seen::Compacted => return Ok(()),
+                Seen::Compacted => return Ok(false),
                 Seen::Events(events) => {
                     if events.iter().any(|e| e.r#type == EventType::Delete as i32) {
-                        return Ok(());
+                        return Ok(true);
                     }
                 }
             }
@@ -299,46 +450,6 @@ impl LocalWatch {
 impl Drop for LocalWatch {
     fn drop(&mut self) {
         self.core.hub.close_stream(self.stream);
-    }
-}
-
-/// Deletes a contender's key when dropped, unless [`Cleanup::disarm`]ed: a request that goes
-/// away while waiting leaves nothing behind.
-pub struct Cleanup {
-    local: Option<Local>,
-    key: Vec<u8>,
-    rev: i64,
-}
-
-impl Cleanup {
-    pub fn new(local: &Local, key: &[u8], rev: i64) -> Cleanup {
-        Cleanup {
-            local: Some(local.clone()),
-            key: key.to_vec(),
-            rev,
-        }
-    }
-
-    pub fn disarm(mut self) {
-        self.local = None;
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let Some(local) = self.local.take() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (key, rev) = (std::mem::take(&mut self.key), self.rev);
-        runtime.spawn(async move {
-            if let Err(e) = local.delete_if(&key, rev).await {
-                tracing::warn!(key = %String::from_utf8_lossy(&key), error = %e,
-                    "could not remove an abandoned lock or election key");
-            }
-        });
     }
 }
 

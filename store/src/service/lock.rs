@@ -5,18 +5,19 @@
 //! answer carries the key, which is the caller's proof of ownership and what Unlock deletes. The
 //! layout is the one `etcdctl lock`, Go's `concurrency.Mutex` and the `concord-recipes` Mutex use,
 //! so all of them exclude each other on the same name. The key's create revision increases with
-//! every new holder: it is the fencing token.
+//! every new holder: it is the fencing token. Locking again with the same lease returns the same
+//! key at once (etcd's Mutex is re-entrant per lease).
 //!
-//! **A Lock without a lease** (lease 0) is where Concord departs from etcd on purpose. etcd grants
-//! a 60 s lease for it and keeps nobody keeping it alive, so the lock silently expires a minute
-//! later, possibly while its holder still believes it owns it. Concord attaches no lease: the key
-//! is `name/<random hex>` and the lock is held until Unlock (or until an operator deletes the
-//! key). A holder that crashes without unlocking therefore blocks the name until its key is
-//! deleted; callers that want crash safety pass a lease they keep alive, as the recipes do.
+//! **A Lock without a lease** (lease 0) is refused with InvalidArgument — the one place where
+//! Concord answers differently from etcd, on purpose. etcd grants a 60 s lease for such a Lock and
+//! nobody keeps it alive, so the lock silently expires a minute later, possibly while its holder
+//! still believes it owns it. Holding it forever instead would be no better: a holder that crashes
+//! or never receives its answer would block the name until an operator deletes the key. A caller
+//! that passes a lease it keeps alive (as the recipes and `etcdctl lock` do) gets neither problem.
 //!
-//! A Lock request that goes away while it waits (canceled, deadline exceeded, connection lost)
-//! deletes its key, and a waiter whose own key vanishes (its lease expired) fails with "mutex:
-//! session is expired" instead of ever answering.
+//! A Lock whose caller goes away (canceled, deadline exceeded, connection lost) removes the key it
+//! created, even if it was being written at that moment, and a waiter whose own key vanishes (its
+//! lease expired) fails with "mutex: session is expired" instead of ever answering.
 
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ use concord_proto::v3lockpb::{
 use tonic::{Request, Response, Status};
 
 use super::Core;
-use super::local::{Cleanup, Local};
+use super::local::Local;
 use crate::error::{Error, Result};
 
 /// The Lock service adapter.
@@ -42,25 +43,17 @@ impl LockService {
     }
 
     async fn lock(&self, r: LockRequest) -> Result<LockResponse> {
+        if r.lease == 0 {
+            return Err(Error::LeaseRequired);
+        }
         let prefix = [r.name.as_slice(), b"/"].concat();
-        let key = [prefix.as_slice(), owner_suffix(r.lease).as_bytes()].concat();
-        let place = self.local.enqueue(&prefix, &key, b"", r.lease).await?;
-        let header = if place.first {
-            place.header
-        } else {
-            let cleanup = Cleanup::new(&self.local, &key, place.rev);
-            let header = self.local.wait_turn(&prefix, &key, place.rev).await;
-            match header {
-                Ok(header) => {
-                    cleanup.disarm();
-                    header
-                }
-                // `cleanup` deletes the key (if it is still ours) as it drops.
-                Err(e) => return Err(e),
-            }
-        };
+        let key = owner_key(&prefix, r.lease);
+        let won = self
+            .local
+            .contend(prefix, key.clone(), Vec::new(), r.lease, false)
+            .await?;
         Ok(LockResponse {
-            header: self.local.core().header(header),
+            header: self.local.core().header(won.header),
             key,
         })
     }
@@ -73,15 +66,10 @@ impl LockService {
     }
 }
 
-/// The part of a contender's key after `name/`: its lease in hex, as etcd's Go concurrency
-/// package writes it; without a lease, a random id in the same form (see the module doc).
-pub fn owner_suffix(lease: i64) -> String {
-    let id = if lease != 0 {
-        lease
-    } else {
-        (uuid::Uuid::new_v4().as_u64_pair().0 >> 1) as i64
-    };
-    format!("{id:x}")
+/// A contender's key: `prefix` (`name/`) and its lease in hex, as etcd's Go concurrency package
+/// writes it.
+pub fn owner_key(prefix: &[u8], lease: i64) -> Vec<u8> {
+    [prefix, format!("{lease:x}").as_bytes()].concat()
 }
 
 #[tonic::async_trait]

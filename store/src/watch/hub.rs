@@ -179,6 +179,8 @@ struct HubState {
     next_stream: StreamId,
     /// Set at shutdown: the threads stop.
     closed: bool,
+    /// How many times a synced watcher fell behind (its stream was full), ever.
+    fell_behind: u64,
 }
 
 /// Every watcher, and the two ways events reach them (see the module doc).
@@ -350,6 +352,7 @@ impl Hub {
             return;
         };
         let mut fell_behind = false;
+        let mut state_fell_behind = 0;
         let mut closed = Vec::new();
         for (id, s) in state.streams.iter_mut() {
             let mut batch = Vec::new();
@@ -380,6 +383,7 @@ impl Hub {
                         let w = s.watchers.get_mut(&watch_id).expect("picked above");
                         w.next_rev = w.next_rev.max(first);
                         w.synced = false;
+                        state_fell_behind += 1;
                     }
                     fell_behind = true;
                 }
@@ -389,6 +393,7 @@ impl Hub {
         for id in closed {
             state.streams.remove(&id);
         }
+        state.fell_behind += state_fell_behind;
         // Only now: a progress notification must follow the events up to its revision.
         for s in state.streams.values_mut() {
             s.maybe_answer_progress(revision);
@@ -556,6 +561,12 @@ impl Hub {
     }
 
     /// (watchers, unsynced watchers), for tests and metrics.
+    /// How many times a synced watcher fell behind because its stream was full, since the hub
+    /// started (for tests and metrics: [`Hub::counts`] only shows the moment).
+    pub fn fell_behind(&self) -> u64 {
+        self.state.lock().fell_behind
+    }
+
     pub fn counts(&self) -> (usize, usize) {
         let state = self.state.lock();
         let all = state.streams.values().map(|s| s.watchers.len()).sum();
