@@ -12,8 +12,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::linearizable::{Answer, Event, Op, check};
-use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+use common::linearizable::{Answer, Event, Op, check, record};
 
 /// An event on key `x`, in a compact form for hand-written histories.
 fn ev(op: Op, invoked: u64, answered: Option<u64>, answer: Answer) -> Event {
@@ -152,8 +151,6 @@ fn the_checker_catches_the_classic_violations() {
 const CLIENTS: usize = 4;
 const OPS_PER_CLIENT: usize = 150;
 const KEYS: [&str; 3] = ["k0", "k1", "k2"];
-/// An operation without an answer by then counts as "may have happened".
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_across_a_restart_are_linearizable_on_concord_and_etcd() {
@@ -162,10 +159,11 @@ async fn histories_across_a_restart_are_linearizable_on_concord_and_etcd() {
         let history = Arc::new(Mutex::new(Vec::new()));
         let mut clients = Vec::new();
         for c in 0..CLIENTS {
-            let endpoint = target.endpoint();
+            let endpoints = vec![target.endpoint()];
             let history = history.clone();
             clients.push(tokio::spawn(async move {
-                run_client(c as u64 + 1, endpoint, started, history).await
+                let id = c as u64 + 1;
+                record(id, &endpoints, &KEYS, OPS_PER_CLIENT, started, history).await
             }));
         }
         // Restart the server while the clients run.
@@ -196,91 +194,4 @@ async fn histories_across_a_restart_are_linearizable_on_concord_and_etcd() {
         }
         target.shutdown().await;
     }
-}
-
-/// A tiny deterministic generator (xorshift64*).
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
-    }
-}
-
-async fn run_client(id: u64, endpoint: String, started: Instant, history: Arc<Mutex<Vec<Event>>>) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ id.wrapping_mul(0x1234_5678_9abc_def1));
-    let client = Client::connect([endpoint.as_str()], None).await.unwrap();
-    let now = || started.elapsed().as_nanos() as u64;
-    for n in 0..OPS_PER_CLIENT {
-        let key = KEYS[rng.below(KEYS.len() as u64) as usize].to_string();
-        // Unique values, so that a read tells exactly which write it saw.
-        let value = format!("c{id}-{n}");
-        let op = match rng.below(10) {
-            0..=2 => Op::Put { value },
-            3..=5 => Op::Get,
-            6 => Op::Delete,
-            _ => Op::Cas {
-                expect: match rng.below(3) {
-                    0 => None,
-                    _ => Some(format!(
-                        "c{}-{}",
-                        rng.below(CLIENTS as u64) + 1,
-                        n.saturating_sub(1)
-                    )),
-                },
-                value,
-            },
-        };
-        let invoked = now();
-        let call = perform(client.clone(), &key, &op);
-        let answer = match tokio::time::timeout(OP_TIMEOUT, call).await {
-            Ok(Ok(answer)) => answer,
-            // No answer, or an error that does not say the operation failed for sure: it may
-            // have happened (a restart cut the connection).
-            Ok(Err(_)) | Err(_) => Answer::Unknown,
-        };
-        let answered = (answer != Answer::Unknown).then(now);
-        history.lock().unwrap().push(Event {
-            key,
-            op,
-            invoked,
-            answered,
-            answer,
-        });
-        if answered.is_none() {
-            // The server is restarting: give it a moment instead of piling up unknowns.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-async fn perform(mut client: Client, key: &str, op: &Op) -> Result<Answer, etcd_client::Error> {
-    Ok(match op {
-        Op::Put { value } => {
-            client.put(key, value.as_str(), None).await?;
-            Answer::Put
-        }
-        Op::Get => {
-            let resp = client.get(key, None).await?;
-            let value = resp
-                .kvs()
-                .first()
-                .map(|kv| kv.value_str().unwrap().to_string());
-            Answer::Get(value)
-        }
-        Op::Delete => Answer::Delete(client.delete(key, None).await?.deleted() as u64),
-        Op::Cas { expect, value } => {
-            let compare = match expect {
-                None => Compare::create_revision(key, CompareOp::Equal, 0),
-                Some(v) => Compare::value(key, CompareOp::Equal, v.as_str()),
-            };
-            let txn = Txn::new()
-                .when([compare])
-                .and_then([TxnOp::put(key, value.as_str(), None)]);
-            Answer::Cas(client.txn(txn).await?.succeeded())
-        }
-    })
 }

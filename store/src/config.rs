@@ -9,8 +9,9 @@
 //! SHA-1(sorted peer URLs joined, then the cluster token); the cluster id is the first 8 bytes of
 //! SHA-1 over the sorted member ids (8 bytes each, big-endian).
 //!
-//! Left out until replication: `--initial-cluster` with more than one member is refused with a
-//! clear error, and the peer URLs are validated and used for the member id but not listened on.
+//! A member listens for its peers on `--listen-peer-urls` when the initial cluster has more than
+//! one member. Left out until membership changes: `--initial-cluster-state existing` (joining a
+//! running cluster) is refused with a clear error.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -140,6 +141,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Addresses to serve clients on (port 0 picks a free port).
     pub listen_client: Vec<SocketAddr>,
+    /// Addresses to serve peers on (used when the cluster has more than one member).
+    pub listen_peer: Vec<SocketAddr>,
     /// Client URLs this member advertises.
     pub advertise_client_urls: Vec<String>,
     /// Peer URLs this member advertises (they determine its id).
@@ -175,6 +178,7 @@ impl ServerConfig {
             name: "test".into(),
             data_dir: data_dir.into(),
             listen_client: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            listen_peer: Vec::new(),
             advertise_client_urls: vec!["http://127.0.0.1:0".into()],
             advertise_peer_urls: vec![peer.clone()],
             initial_cluster: vec![("test".into(), vec![peer])],
@@ -194,6 +198,14 @@ impl ServerConfig {
     /// This member's id (see the module doc).
     pub fn member_id(&self) -> u64 {
         member_id(&self.advertise_peer_urls, &self.initial_cluster_token)
+    }
+
+    /// The initial members: id → peer URLs.
+    pub fn peers(&self) -> std::collections::HashMap<u64, Vec<String>> {
+        self.initial_cluster
+            .iter()
+            .map(|(_, urls)| (member_id(urls, &self.initial_cluster_token), urls.clone()))
+            .collect()
     }
 
     /// The cluster id of the initial cluster.
@@ -276,9 +288,10 @@ impl Flags {
         if listen_client.is_empty() {
             return Err(Error::Config("--listen-client-urls is empty".into()));
         }
-        for url in split_urls(&self.listen_peer_urls) {
-            parse_listen_url(&url)?;
-        }
+        let listen_peer = split_urls(&self.listen_peer_urls)
+            .iter()
+            .map(|u| parse_listen_url(u))
+            .collect::<Result<Vec<_>>>()?;
         let advertise_peer_urls = split_urls(&self.initial_advertise_peer_urls);
         let initial_cluster = match &self.initial_cluster {
             Some(spec) => parse_initial_cluster(spec)?,
@@ -298,13 +311,6 @@ impl Flags {
                 "--initial-cluster has {:?} for {:?}, but --initial-advertise-peer-urls is {:?}",
                 mine, self.name, advertised
             )));
-        }
-        if initial_cluster.len() > 1 {
-            return Err(Error::Config(
-                "multi-member clusters are not supported by this version of concord yet; \
-                 give --initial-cluster a single member"
-                    .into(),
-            ));
         }
         if self.initial_cluster_state == ClusterState::Existing {
             return Err(Error::Config(
@@ -334,6 +340,7 @@ impl Flags {
             name: self.name,
             data_dir,
             listen_client,
+            listen_peer,
             advertise_client_urls: split_urls(&self.advertise_client_urls),
             advertise_peer_urls,
             initial_cluster,
@@ -423,10 +430,12 @@ mod tests {
         let err = flags(&[
             "--initial-cluster",
             "default=http://127.0.0.1:2380,b=http://127.0.0.1:2381",
+            "--initial-cluster-state",
+            "existing",
         ])
         .into_config()
         .unwrap_err();
-        assert!(err.to_string().contains("multi-member"), "{err}");
+        assert!(err.to_string().contains("existing"), "{err}");
         let err = flags(&["--election-timeout", "100"])
             .into_config()
             .unwrap_err();

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use concord_proto::concordpeerpb::peer_server::PeerServer;
 use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -28,6 +29,7 @@ use crate::lease::{Lessor, keeper};
 use crate::mvcc::KvStore;
 use crate::raft::node::{Node, NodeConfig, NodeHandle};
 use crate::raft::storage::RaftStorage;
+use crate::raft::transport::{Deliver, PeerService, Transport};
 use crate::service::{
     Core, election::ElectionService, kv::KvService, lease::LeaseService, lock::LockService,
     maintenance::MaintenanceService, watch::WatchService,
@@ -38,6 +40,8 @@ use crate::watch::{Hub, threads};
 const KEY_IDENTITY: &[u8] = b"m/identity";
 /// gRPC framing and header allowance on top of `--max-request-bytes` (etcd's value).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// Largest batch of Raft messages accepted from a peer (raft-rs keeps one append under 1 MiB).
+const PEER_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 /// sled's page cache.
 const CACHE_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -45,6 +49,8 @@ const CACHE_BYTES: u64 = 256 * 1024 * 1024;
 pub struct Server {
     /// The addresses clients reach this member on (ports resolved).
     client_addrs: Vec<SocketAddr>,
+    /// The addresses peers reach this member on (none in a one-member cluster).
+    peer_addrs: Vec<SocketAddr>,
     node: NodeHandle,
     /// Flipped to stop the gRPC listeners.
     stop_tx: watch::Sender<bool>,
@@ -72,10 +78,18 @@ impl Server {
         let hub = Arc::new(Hub::new(kv.clone()));
         let (events, watch_threads) =
             threads::start(hub.clone(), config.watch_progress_notify_interval)?;
+        // Used only on first start (an empty log): every initial member is a voter.
+        let peers = config.peers();
+        let mut voters: Vec<u64> = peers.keys().copied().collect();
+        if !voters.contains(&member_id) {
+            voters.push(member_id);
+        }
+        voters.sort_unstable();
         let bootstrap = ConfState {
-            voters: vec![member_id],
+            voters,
             ..Default::default()
         };
+        let transport = (peers.len() > 1).then(|| Transport::start(member_id, &peers));
         let mut storage = RaftStorage::open(db.open_tree("raft")?, &state, bootstrap)?;
         storage.raise_commit(sm.applied())?;
         let node_config = NodeConfig {
@@ -86,7 +100,15 @@ impl Server {
             snapshot_count: config.snapshot_count,
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
-        let (node, handle) = Node::new(node_config, storage, sm, db.clone(), events, &logger)?;
+        let (node, handle) = Node::new(
+            node_config,
+            storage,
+            sm,
+            db.clone(),
+            events,
+            transport,
+            &logger,
+        )?;
         let node_thread = std::thread::Builder::new()
             .name("concord-raft".into())
             .spawn(move || node.run())
@@ -129,17 +151,41 @@ impl Server {
             client_addrs.push(local);
             listeners.push(tokio::spawn(serve(listener, core.clone(), stop_rx.clone())));
         }
+        let mut peer_addrs = Vec::new();
+        if peers.len() > 1 {
+            for addr in &config.listen_peer {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| Error::Network(format!("cannot listen on {addr}: {e}")))?;
+                peer_addrs.push(
+                    listener
+                        .local_addr()
+                        .map_err(|e| Error::Network(e.to_string()))?,
+                );
+                let node = handle.clone();
+                let deliver: Deliver = Arc::new(move |msg| node.step(msg));
+                let service =
+                    PeerService::new(member_id, peers.keys().copied(), deliver, stop_rx.clone());
+                listeners.push(tokio::spawn(serve_peers(
+                    listener,
+                    service,
+                    stop_rx.clone(),
+                )));
+            }
+        }
         tracing::info!(
             name = %config.name,
             member_id = format!("{member_id:x}"),
             cluster_id = format!("{cluster_id:x}"),
             data_dir = %config.data_dir.display(),
             clients = ?client_addrs,
+            peers = ?peer_addrs,
             version = CONCORD_VERSION,
             "concord is serving"
         );
         Ok(Server {
             client_addrs,
+            peer_addrs,
             node: handle,
             stop_tx,
             listeners,
@@ -153,6 +199,11 @@ impl Server {
     /// The first client address (its port is the real one when the config asked for port 0).
     pub fn client_addr(&self) -> SocketAddr {
         self.client_addrs[0]
+    }
+
+    /// The addresses this member serves its peers on (none in a one-member cluster).
+    pub fn peer_addrs(&self) -> &[SocketAddr] {
+        &self.peer_addrs
     }
 
     /// The first client URL, `http://ip:port`.
@@ -272,6 +323,27 @@ fn identity(state: &sled::Tree, config: &ServerConfig) -> Result<(u64, u64)> {
     record.extend_from_slice(&cluster.to_be_bytes());
     state.insert(KEY_IDENTITY, record)?;
     Ok((member, cluster))
+}
+
+/// Serves the peer service (Raft messages from the other members) on `listener`.
+async fn serve_peers(
+    listener: tokio::net::TcpListener,
+    service: PeerService,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let incoming = TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(stream) = &conn {
+            let _ = stream.set_nodelay(true);
+        }
+        conn
+    });
+    tonic::transport::Server::builder()
+        .add_service(PeerServer::new(service).max_decoding_message_size(PEER_MESSAGE_BYTES))
+        .serve_with_incoming_shutdown(incoming, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
+        .map_err(|e| Error::Network(e.to_string()))
 }
 
 async fn serve(

@@ -207,3 +207,107 @@ fn check_one(events: &[Event]) -> bool {
     }
     true
 }
+
+/// A tiny deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n
+    }
+}
+
+/// An operation without an answer by then counts as "may have happened".
+const OP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Client `id` runs `ops` random operations (puts, gets, deletes, compare-and-swaps; values
+/// `c<id>-<n>`, unique, so that a read tells which write it saw) on `keys`, one at a time, and
+/// records each in `history` with times since `started`. It talks to `endpoints[0]` and moves to
+/// the next endpoint whenever an operation gets no answer (a member stopped or restarted).
+pub async fn record(
+    id: u64,
+    endpoints: &[String],
+    keys: &[&str],
+    ops: usize,
+    started: std::time::Instant,
+    history: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
+) {
+    use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp};
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ id.wrapping_mul(0x1234_5678_9abc_def1));
+    let connect = |i: usize| {
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        async move { Client::connect([endpoint], None).await }
+    };
+    let mut at = 0;
+    let mut client = connect(at).await.unwrap();
+    let now = || started.elapsed().as_nanos() as u64;
+    for n in 0..ops {
+        let key = keys[rng.below(keys.len() as u64) as usize].to_string();
+        let value = format!("c{id}-{n}");
+        let op = match rng.below(10) {
+            0..=2 => Op::Put { value },
+            3..=5 => Op::Get,
+            6 => Op::Delete,
+            _ => Op::Cas {
+                expect: match rng.below(3) {
+                    0 => None,
+                    _ => Some(format!("c{}-{}", rng.below(4) + 1, n.saturating_sub(1))),
+                },
+                value,
+            },
+        };
+        let invoked = now();
+        let mut c = client.clone();
+        let call = async {
+            Ok::<_, etcd_client::Error>(match &op {
+                Op::Put { value } => {
+                    c.put(key.as_str(), value.as_str(), None).await?;
+                    Answer::Put
+                }
+                Op::Get => {
+                    let resp = c.get(key.as_str(), None).await?;
+                    let value = resp.kvs().first();
+                    Answer::Get(value.map(|kv| kv.value_str().unwrap().to_string()))
+                }
+                Op::Delete => Answer::Delete(c.delete(key.as_str(), None).await?.deleted() as u64),
+                Op::Cas { expect, value } => {
+                    let compare = match expect {
+                        None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                        Some(v) => Compare::value(key.as_str(), CompareOp::Equal, v.as_str()),
+                    };
+                    let txn = Txn::new().when([compare]).and_then([TxnOp::put(
+                        key.as_str(),
+                        value.as_str(),
+                        None,
+                    )]);
+                    Answer::Cas(c.txn(txn).await?.succeeded())
+                }
+            })
+        };
+        // An error does not say the operation failed for sure (a write may be committed and
+        // its answer lost): it counts as unknown too.
+        let answer = match tokio::time::timeout(OP_TIMEOUT, call).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) | Err(_) => Answer::Unknown,
+        };
+        let answered = (answer != Answer::Unknown).then(now);
+        history.lock().unwrap().push(Event {
+            key,
+            op,
+            invoked,
+            answered,
+            answer,
+        });
+        if answered.is_none() {
+            // Try another member, after a moment instead of piling up unknowns.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            at += 1;
+            if let Ok(next) = connect(at).await {
+                client = next;
+            }
+        }
+    }
+}

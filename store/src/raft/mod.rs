@@ -14,8 +14,8 @@
 //! Settings as etcd runs them: pre-vote and check-quorum on, read-only option `Safe`, one tick per
 //! `--heartbeat-interval`, `--election-timeout / --heartbeat-interval` ticks to an election.
 //!
-//! Left out of this version (see the replication issue): wiring the transport into the loop,
-//! membership changes, snapshot shipping; the server refuses a multi-member `--initial-cluster`.
+//! Left out of this version (see the replication issue): membership changes and snapshot
+//! shipping; a cluster runs with the members of its `--initial-cluster`.
 
 pub mod node;
 pub mod proposal;

@@ -29,8 +29,15 @@
 //! until the leader has committed an entry of its term, so unanswered requests are retried with a
 //! *new* context (reusing one caused stale reads in etcd).
 //!
-//! Left out (replication, a later issue): a peer transport — a one-member group sends no messages,
-//! and the server refuses to start with more than one member; snapshot installation.
+//! Peers. Messages for other members go to the transport (`transport.rs`), which never blocks the
+//! loop; messages from them arrive as [`Msg::Step`]. Peers the transport could not reach are
+//! reported to raft-rs each turn. A proposal made on a follower is forwarded to the leader by
+//! raft-rs and answered when the entry is applied here; a read index on a follower is asked of the
+//! leader the same way.
+//!
+//! Left out (replication, in progress): snapshots — a member whose missing entries were compacted
+//! away cannot catch up yet (`storage.rs` answers raft-rs that no snapshot is available) — and
+//! membership changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -45,6 +52,7 @@ use tokio::sync::oneshot;
 
 use super::proposal::{Command, IdGen, Proposal, Response, Waiters};
 use super::storage::RaftStorage;
+use super::transport::Transport;
 use crate::apply::StateMachine;
 use crate::error::{Error, Result};
 use crate::mvcc::store::{BACKEND_BATCH_INTERVAL, BACKEND_BATCH_LIMIT};
@@ -64,6 +72,8 @@ pub enum Msg {
     },
     /// Answer once this member's state is at least as new as the leader's commit index now.
     ReadIndex { reply: oneshot::Sender<Result<()>> },
+    /// A Raft message from a peer (checked by the transport: from a member, to this member).
+    Step(Box<Message>),
     /// Stop the loop after the current turn.
     Shutdown,
 }
@@ -129,6 +139,11 @@ impl NodeHandle {
         &self.status
     }
 
+    /// Hands the loop a message from a peer, without waiting.
+    pub fn step(&self, msg: Message) {
+        let _ = self.tx.send(Msg::Step(Box::new(msg)));
+    }
+
     /// Asks the loop to stop; it finishes its current turn first.
     pub fn shutdown(&self) {
         let _ = self.tx.send(Msg::Shutdown);
@@ -181,6 +196,8 @@ pub struct Node {
     /// This member became leader and will promote the lessor once it has applied every entry
     /// committed before (so deadlines start from the latest lease records, not older ones).
     promote_pending: bool,
+    /// Messages to other members (none in a one-member group).
+    transport: Option<Transport>,
 }
 
 impl Node {
@@ -191,6 +208,7 @@ impl Node {
         sm: StateMachine,
         db: sled::Db,
         events: EventSink,
+        transport: Option<Transport>,
         logger: &slog::Logger,
     ) -> Result<(Node, NodeHandle)> {
         let applied = sm.applied();
@@ -236,6 +254,7 @@ impl Node {
             timings: TurnTimings::default(),
             events,
             promote_pending,
+            transport,
         };
         node.maybe_promote();
         node.publish_status();
@@ -263,6 +282,11 @@ impl Node {
                 stop |= self.handle(msg);
             }
             let now = Instant::now();
+            if let Some(transport) = &self.transport {
+                for peer in transport.take_unreachable() {
+                    self.raw.report_unreachable(peer);
+                }
+            }
             if now >= next_tick {
                 self.raw.tick();
                 next_tick = now + self.config.tick;
@@ -317,6 +341,12 @@ impl Node {
                     let _ = reply.send(Err(Error::NoLeader));
                 } else {
                     self.reads.queued.push(reply);
+                }
+            }
+            Msg::Step(msg) => {
+                if let Err(e) = self.raw.step(*msg) {
+                    // A message from an old term or for a removed peer: raft-rs says so; ignore.
+                    tracing::debug!(error = %e, "a raft message was not stepped");
                 }
             }
             Msg::Shutdown => return true,
@@ -405,10 +435,10 @@ impl Node {
         if let Some(ss) = ready.ss() {
             self.on_leader_change(ss.leader_id, ss.raft_state);
         }
-        send(ready.take_messages());
+        self.send(ready.take_messages());
         assert!(
             ready.snapshot().is_empty(),
-            "a one-member group never receives a snapshot"
+            "no snapshot is ever sent: storage.rs never makes one (see the module doc)"
         );
         self.apply(ready.take_committed_entries())?;
         let hs = ready.hs().cloned();
@@ -420,7 +450,7 @@ impl Node {
         if ready.must_sync() || !ready.entries().is_empty() {
             self.flush()?;
         }
-        send(ready.take_persisted_messages());
+        self.send(ready.take_persisted_messages());
         for rs in ready.take_read_states() {
             if let Some((_, waiting)) = self.reads.issued.remove(&rs.request_ctx) {
                 self.reads.ready.push((rs.index, waiting));
@@ -430,7 +460,7 @@ impl Node {
         if let Some(commit) = light.commit_index() {
             self.raw.mut_store().set_commit(commit);
         }
-        send(light.take_messages());
+        self.send(light.take_messages());
         self.apply(light.take_committed_entries())?;
         self.raw.advance_apply();
         self.maybe_promote();
@@ -524,6 +554,17 @@ impl Node {
         Ok(())
     }
 
+    /// Sends Raft messages to their members (see the module doc).
+    fn send(&self, msgs: Vec<Message>) {
+        match &self.transport {
+            Some(transport) => transport.send(msgs),
+            None => debug_assert!(
+                msgs.is_empty(),
+                "a one-member group has no peers to message"
+            ),
+        }
+    }
+
     fn publish_status(&self) {
         let s = &self.status;
         s.term.store(self.raw.raft.term, Ordering::Relaxed);
@@ -547,12 +588,4 @@ impl Drop for PoisonOnPanic {
             self.0.poison();
         }
     }
-}
-
-/// Sends Raft messages to peers. A one-member group produces none (see the module doc).
-fn send(msgs: Vec<Message>) {
-    debug_assert!(
-        msgs.is_empty(),
-        "a one-member group has no peers to message"
-    );
 }

@@ -41,6 +41,9 @@ use tonic::{Request, Response, Status, Streaming};
 pub const PEER_QUEUE: usize = 4096;
 /// Most messages written in one batch.
 const BATCH_MESSAGES: usize = 256;
+/// A batch stops growing past this many bytes (raft-rs keeps one append under 1 MiB), well under
+/// the receiver's decoding limit.
+const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Batches buffered on an open stream.
 const STREAM_BUFFER: usize = 16;
 
@@ -175,17 +178,18 @@ async fn stream_to(me: u64, peer: u64, url: &str, queue: &mut mpsc::Receiver<Mes
         let Some(first) = queue.recv().await else {
             break Ended::TransportDropped;
         };
-        let mut messages = vec![first];
-        while messages.len() < BATCH_MESSAGES {
-            match queue.try_recv() {
-                Ok(msg) => messages.push(msg),
-                Err(_) => break,
+        let mut encoded: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            if let Ok(e) = msg.write_to_bytes() {
+                bytes += e.len();
+                encoded.push(e);
+            }
+            if encoded.len() < BATCH_MESSAGES && bytes < BATCH_BYTES {
+                next = queue.try_recv().ok();
             }
         }
-        let encoded = messages
-            .iter()
-            .filter_map(|m| m.write_to_bytes().ok())
-            .collect();
         let batch = RaftBatch {
             from: me,
             to: peer,

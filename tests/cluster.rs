@@ -1,0 +1,264 @@
+//! A three-member Concord cluster in one process, over the real peer transport on 127.0.0.1.
+//!
+//! Story: the members elect one leader; a write sent to a follower is forwarded to the leader and
+//! acknowledged; a linearizable read on the other follower sees it (read index through the
+//! leader); the leader is stopped, the two others elect a new one and writes go on; the old leader
+//! comes back on its data, catches up, and serves the newest write; every member ends with the
+//! same HashKV. Then a randomized history of concurrent clients across a leader failover is checked
+//! for linearizability.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::linearizable;
+use concord::store::{Server, ServerConfig};
+use etcd_client::{Client, GetOptions};
+
+/// How long an election may take (default timings in tests: 1 s election timeout).
+const ELECTION: Duration = Duration::from_secs(10);
+
+struct Member {
+    config: ServerConfig,
+    server: Option<Server>,
+    _dir: tempfile::TempDir,
+}
+
+impl Member {
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    fn endpoint(&self) -> String {
+        self.server().client_addr().to_string()
+    }
+
+    fn id_and_leader(&self) -> (u64, u64) {
+        let status = self.server().node_status();
+        let leader = status.leader.load(std::sync::atomic::Ordering::Relaxed);
+        (self.config.member_id(), leader)
+    }
+}
+
+fn free_port() -> u16 {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port()
+}
+
+/// Configurations of `n` members on free 127.0.0.1 ports, each knowing all the others.
+fn configs(n: usize) -> Vec<(ServerConfig, tempfile::TempDir)> {
+    let peers: Vec<(String, u16)> = (0..n).map(|i| (format!("m{i}"), free_port())).collect();
+    let cluster: Vec<(String, Vec<String>)> = peers
+        .iter()
+        .map(|(name, port)| (name.clone(), vec![format!("http://127.0.0.1:{port}")]))
+        .collect();
+    peers
+        .iter()
+        .map(|(name, port)| {
+            let dir = tempfile::tempdir().unwrap();
+            let config = ServerConfig {
+                name: name.clone(),
+                listen_peer: vec![SocketAddr::from(([127, 0, 0, 1], *port))],
+                advertise_peer_urls: vec![format!("http://127.0.0.1:{port}")],
+                initial_cluster: cluster.clone(),
+                ..ServerConfig::for_test(dir.path())
+            };
+            (config, dir)
+        })
+        .collect()
+}
+
+async fn start(n: usize) -> Vec<Member> {
+    let starts = configs(n).into_iter().map(|(config, dir)| async move {
+        let server = Server::start(config.clone()).await.unwrap();
+        Member {
+            config,
+            server: Some(server),
+            _dir: dir,
+        }
+    });
+    futures::future::join_all(starts).await
+}
+
+/// Waits until every running member names the same leader; its index.
+async fn leader(members: &[Member]) -> usize {
+    let deadline = Instant::now() + ELECTION;
+    loop {
+        let running: Vec<(usize, (u64, u64))> = members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.server.is_some())
+            .map(|(i, m)| (i, m.id_and_leader()))
+            .collect();
+        let first = running[0].1.1;
+        let agreed = first != 0 && running.iter().all(|(_, (_, l))| *l == first);
+        if let Some((i, _)) = running.iter().find(|(_, (id, _))| agreed && *id == first) {
+            return *i;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no agreed leader: {running:x?} (member id, leader id)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn client(member: &Member) -> Client {
+    Client::connect([member.endpoint()], None).await.unwrap()
+}
+
+/// Puts, retrying while the cluster has no leader (an election is under way).
+async fn put_retrying(member: &Member, key: &str, value: &str) -> i64 {
+    let deadline = Instant::now() + ELECTION;
+    let mut c = client(member).await;
+    loop {
+        match c.put(key, value, None).await {
+            Ok(resp) => return resp.header().unwrap().revision(),
+            Err(e) => {
+                assert!(Instant::now() < deadline, "the put never succeeded: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn get(member: &Member, key: &str, serializable: bool) -> Option<String> {
+    let options = serializable.then(|| GetOptions::new().with_serializable());
+    let resp = client(member).await.get(key, options).await.unwrap();
+    resp.kvs()
+        .first()
+        .map(|kv| kv.value_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_members_replicate_fail_over_and_converge() {
+    let mut members = start(3).await;
+    let first = leader(&members).await;
+    let followers: Vec<usize> = (0..3).filter(|i| *i != first).collect();
+
+    // A write on a follower is forwarded to the leader; a linearizable read on the other
+    // follower sees it.
+    put_retrying(&members[followers[0]], "greeting", "hello").await;
+    assert_eq!(
+        get(&members[followers[1]], "greeting", false)
+            .await
+            .as_deref(),
+        Some("hello")
+    );
+
+    // The leader stops; the others elect a new one and writes go on.
+    let stopped = Instant::now();
+    members[first]
+        .server
+        .take()
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    let second = leader(&members).await;
+    assert_ne!(second, first);
+    let revision = put_retrying(&members[followers[1]], "greeting", "bonjour").await;
+    println!(
+        "a new leader and a write acknowledged {:.1?} after the old leader stopped",
+        stopped.elapsed()
+    );
+
+    // The old leader comes back on its data and catches up.
+    let config = members[first].config.clone();
+    members[first].server = Some(Server::start(config).await.unwrap());
+    leader(&members).await;
+    assert_eq!(
+        get(&members[first], "greeting", false).await.as_deref(),
+        Some("bonjour")
+    );
+
+    // Every member applied the same history.
+    let mut hashes = Vec::new();
+    for member in &members {
+        let deadline = Instant::now() + ELECTION;
+        let mut c = client(member).await;
+        loop {
+            // Wait until this member has applied the last write, then hash at that revision.
+            let got = c
+                .get("greeting", Some(GetOptions::new().with_serializable()))
+                .await
+                .unwrap();
+            if got.header().unwrap().revision() >= revision {
+                break;
+            }
+            assert!(Instant::now() < deadline, "a member never caught up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hashes.push(c.hash_kv(revision).await.unwrap().hash());
+    }
+    assert!(
+        hashes.windows(2).all(|w| w[0] == w[1]),
+        "HashKV differs between members: {hashes:?}"
+    );
+    for member in members {
+        if let Some(server) = member.server {
+            server.shutdown().await.unwrap();
+        }
+    }
+}
+
+/// Concurrent clients spread over the members run random operations on three keys while the
+/// leader is stopped and later restarted; the recorded history must be linearizable
+/// (`common/linearizable.rs`). A client whose member is down moves to the next one; what it
+/// sent without an answer counts as "may have happened".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_history_across_a_leader_failover_is_linearizable() {
+    let mut members = start(3).await;
+    let first = leader(&members).await;
+    let endpoints: Vec<String> = members.iter().map(Member::endpoint).collect();
+    let started = Instant::now();
+    let history = Arc::new(Mutex::new(Vec::new()));
+    let clients: Vec<_> = (0..4u64)
+        .map(|c| {
+            // Each client starts on a different member (and so two of them on followers).
+            let mut mine = endpoints.clone();
+            mine.rotate_left(c as usize % endpoints.len());
+            let history = history.clone();
+            tokio::spawn(async move {
+                linearizable::record(c + 1, &mine, &["k0", "k1", "k2"], 150, started, history).await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    members[first]
+        .server
+        .take()
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let config = members[first].config.clone();
+    members[first].server = Some(Server::start(config).await.unwrap());
+    for c in clients {
+        c.await.unwrap();
+    }
+    let history = history.lock().unwrap().clone();
+    let unknown = history
+        .iter()
+        .filter(|e| e.answer == linearizable::Answer::Unknown)
+        .count();
+    println!(
+        "{} operations, {unknown} without an answer, in {:.1?}",
+        history.len(),
+        started.elapsed()
+    );
+    if let Err(v) = linearizable::check(&history) {
+        panic!(
+            "the history of {} is not linearizable: {:#?}",
+            v.key, v.events
+        );
+    }
+    for member in members {
+        if let Some(server) = member.server {
+            server.shutdown().await.unwrap();
+        }
+    }
+}
