@@ -30,6 +30,7 @@ use crate::mvcc::KvStore;
 use crate::raft::node::{Node, NodeConfig, NodeHandle};
 use crate::raft::storage::RaftStorage;
 use crate::raft::transport::{Deliver, PeerService, Transport};
+use crate::service::forward::LeaderLeases;
 use crate::service::{
     Core, election::ElectionService, kv::KvService, lease::LeaseService, lock::LockService,
     maintenance::MaintenanceService, watch::WatchService,
@@ -51,6 +52,10 @@ pub struct Server {
     client_addrs: Vec<SocketAddr>,
     /// The addresses peers reach this member on (none in a one-member cluster).
     peer_addrs: Vec<SocketAddr>,
+    /// Flipped to stop the peer listeners, once the node loop has stopped.
+    peer_stop_tx: watch::Sender<bool>,
+    /// One task per peer listener.
+    peer_listeners: Vec<tokio::task::JoinHandle<Result<()>>>,
     node: NodeHandle,
     /// Flipped to stop the gRPC listeners.
     stop_tx: watch::Sender<bool>,
@@ -80,17 +85,31 @@ impl Server {
             threads::start(hub.clone(), config.watch_progress_notify_interval)?;
         // Used only on first start (an empty log): every initial member is a voter.
         let peers = config.peers();
-        let mut voters: Vec<u64> = peers.keys().copied().collect();
-        if !voters.contains(&member_id) {
-            voters.push(member_id);
-        }
+        // A lone member is itself, whatever URLs it was restarted with (its id was kept from its
+        // first start); a cluster's members are the ids of the URLs every member is given.
+        let mut voters: Vec<u64> = if peers.len() > 1 {
+            peers.keys().copied().collect()
+        } else {
+            vec![member_id]
+        };
         voters.sort_unstable();
         let bootstrap = ConfState {
-            voters,
+            voters: voters.clone(),
             ..Default::default()
         };
-        let transport = (peers.len() > 1).then(|| Transport::start(member_id, &peers));
+        let transport = (peers.len() > 1).then(|| Transport::start(member_id, cluster_id, &peers));
         let mut storage = RaftStorage::open(db.open_tree("raft")?, &state, bootstrap)?;
+        let mut stored = storage.voters().to_vec();
+        stored.sort_unstable();
+        if stored != voters {
+            // Membership changes are not supported yet: the flags must name the same members.
+            return Err(Error::Config(format!(
+                "the data dir {} belongs to a cluster of members {:x?}, but --initial-cluster \
+                 (and --initial-cluster-token) name {voters:x?}",
+                config.data_dir.display(),
+                stored
+            )));
+        }
         storage.raise_commit(sm.applied())?;
         let node_config = NodeConfig {
             id: member_id,
@@ -128,6 +147,7 @@ impl Server {
             election_timeout: config.election_timeout,
             stop: stop_rx.clone(),
             watch_stream_buffer: config.watch_stream_buffer.max(1),
+            leader_leases: LeaderLeases::new(peers.clone()),
         });
         let keeper_config = keeper::KeeperConfig {
             checkpoint_interval: config.lease_checkpoint_interval,
@@ -151,6 +171,9 @@ impl Server {
             client_addrs.push(local);
             listeners.push(tokio::spawn(serve(listener, core.clone(), stop_rx.clone())));
         }
+        // Peers are served until the node loop has stopped (see `shutdown`).
+        let (peer_stop_tx, peer_stop_rx) = watch::channel(false);
+        let mut peer_listeners = Vec::new();
         let mut peer_addrs = Vec::new();
         if peers.len() > 1 {
             for addr in &config.listen_peer {
@@ -164,12 +187,18 @@ impl Server {
                 );
                 let node = handle.clone();
                 let deliver: Deliver = Arc::new(move |msg| node.step(msg));
-                let service =
-                    PeerService::new(member_id, peers.keys().copied(), deliver, stop_rx.clone());
-                listeners.push(tokio::spawn(serve_peers(
+                let service = PeerService::new(
+                    member_id,
+                    cluster_id,
+                    peers.keys().copied(),
+                    deliver,
+                    peer_stop_rx.clone(),
+                );
+                peer_listeners.push(tokio::spawn(serve_peers(
                     listener,
                     service,
-                    stop_rx.clone(),
+                    core.clone(),
+                    peer_stop_rx.clone(),
                 )));
             }
         }
@@ -186,6 +215,8 @@ impl Server {
         Ok(Server {
             client_addrs,
             peer_addrs,
+            peer_stop_tx,
+            peer_listeners,
             node: handle,
             stop_tx,
             listeners,
@@ -248,6 +279,12 @@ impl Server {
             Some(thread) => join_node(thread).await,
             None => Ok(()),
         };
+        // Only now: until the loop stopped, the other members had to hear from it (a leader
+        // that could still send but no longer hear would delay their election).
+        let _ = self.peer_stop_tx.send(true);
+        for listener in self.peer_listeners.drain(..) {
+            let _ = listener.await;
+        }
         // Quick: the node loop is gone, so the dispatcher's channel is closed.
         self.watch_threads.stop();
         result
@@ -265,6 +302,7 @@ async fn join_node(thread: JoinHandle<Result<()>>) -> Result<()> {
 impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.stop_tx.send(true);
+        let _ = self.peer_stop_tx.send(true);
         self.node.shutdown();
     }
 }
@@ -325,10 +363,12 @@ fn identity(state: &sled::Tree, config: &ServerConfig) -> Result<(u64, u64)> {
     Ok((member, cluster))
 }
 
-/// Serves the peer service (Raft messages from the other members) on `listener`.
+/// Serves the other members on `listener`: the peer service (Raft messages), and the Lease
+/// service for the lease requests followers forward to the leader (`service/forward.rs`).
 async fn serve_peers(
     listener: tokio::net::TcpListener,
     service: PeerService,
+    core: Arc<Core>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let incoming = TcpListenerStream::new(listener).map(|conn| {
@@ -339,6 +379,7 @@ async fn serve_peers(
     });
     tonic::transport::Server::builder()
         .add_service(PeerServer::new(service).max_decoding_message_size(PEER_MESSAGE_BYTES))
+        .add_service(LeaseServer::new(LeaseService::new(core)))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })

@@ -11,11 +11,15 @@
 //! stops pipelining appends to it.
 //!
 //! **Receiving** ([`PeerService`]). raft-rs's protobuf 2 decoder is not hardened against hostile
-//! input, so a batch is decoded only once it is known to come from a configured member to this
-//! member: its `from` must be a member id and its `to` ours, or the stream is refused before any
-//! message is parsed (PermissionDenied). Each decoded message must then say the same `from` and
+//! input, so a batch is decoded only once it is known to come from a configured member of this
+//! cluster to this member: its `from` must be a member id, its `to` ours and its cluster id ours,
+//! or the stream is refused before any message is parsed (PermissionDenied). Snapshot messages
+//! are refused too: this version neither makes nor installs snapshots. Each decoded message must then say the same `from` and
 //! `to` as its batch. Batches are limited in size by the server's decoding limit. Accepted messages
 //! go to the node loop through a callback, in order.
+//!
+//! The peer listener also serves the etcd `Lease` service, for the keepalives and TimeToLive
+//! requests followers forward to the leader (`service/forward.rs`).
 //!
 //! Left out: snapshot transfer (`Peer/Snapshot`, with snapshots themselves), TLS between members,
 //! and authenticating the peer beyond the ids it claims (members are trusted, as in etcd without
@@ -32,7 +36,7 @@ use concord_proto::concordpeerpb::peer_server::Peer;
 use concord_proto::concordpeerpb::{RaftBatch, SendAck, SnapshotAck, SnapshotChunk};
 use parking_lot::Mutex;
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -46,6 +50,8 @@ const BATCH_MESSAGES: usize = 256;
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Batches buffered on an open stream.
 const STREAM_BUFFER: usize = 16;
+/// A stream that lived this long worked: the reconnection backoff starts over after it.
+const STREAM_WORKED: Duration = Duration::from_secs(5);
 
 /// Where accepted inbound messages go (the node loop's channel).
 pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
@@ -65,9 +71,9 @@ struct Shared {
 }
 
 impl Transport {
-    /// A transport for member `id` to `peers` (member id → peer URLs, e.g. `http://127.0.0.1:2380`).
-    /// Starts one task per peer on the current Tokio runtime.
-    pub fn start(id: u64, peers: &HashMap<u64, Vec<String>>) -> Transport {
+    /// A transport for member `id` of cluster `cluster` to `peers` (member id → peer URLs, e.g.
+    /// `http://127.0.0.1:2380`). Starts one task per peer on the current Tokio runtime.
+    pub fn start(id: u64, cluster: u64, peers: &HashMap<u64, Vec<String>>) -> Transport {
         let shared = Arc::new(Shared::default());
         let mut queues = HashMap::new();
         for (&peer, urls) in peers {
@@ -76,7 +82,8 @@ impl Transport {
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             queues.insert(peer, tx);
-            tokio::spawn(run_peer(id, peer, urls.clone(), rx, shared.clone()));
+            let me = Me { id, cluster };
+            tokio::spawn(run_peer(me, peer, urls.clone(), rx, shared.clone()));
         }
         Transport { id, queues, shared }
     }
@@ -109,9 +116,16 @@ impl Transport {
     }
 }
 
+/// Who sends: this member and its cluster.
+#[derive(Clone, Copy)]
+struct Me {
+    id: u64,
+    cluster: u64,
+}
+
 /// Sends `peer` what its queue receives, reconnecting as needed, until the transport is dropped.
 async fn run_peer(
-    me: u64,
+    me: Me,
     peer: u64,
     urls: Vec<String>,
     mut queue: mpsc::Receiver<Message>,
@@ -166,14 +180,26 @@ enum Ended {
 }
 
 /// Opens a stream to `url` and writes `queue` into it until one of them ends.
-async fn stream_to(me: u64, peer: u64, url: &str, queue: &mut mpsc::Receiver<Message>) -> Ended {
-    let mut client = match PeerClient::connect(url.to_string()).await {
-        Ok(client) => client,
+async fn stream_to(me: Me, peer: u64, url: &str, queue: &mut mpsc::Receiver<Message>) -> Ended {
+    // Timeouts and keepalives, so that a peer lost without a reset (power, partition) is noticed
+    // in seconds, not after TCP's retransmissions give up.
+    let endpoint = match tonic::transport::Endpoint::from_shared(url.to_string()) {
+        Ok(endpoint) => endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .http2_keep_alive_interval(Duration::from_secs(1))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true)
+            .tcp_keepalive(Some(Duration::from_secs(5)))
+            .tcp_nodelay(true),
+        Err(e) => return Ended::Broken(format!("bad peer URL: {e}")),
+    };
+    let mut client = match endpoint.connect().await {
+        Ok(channel) => PeerClient::new(channel),
         Err(e) => return Ended::Broken(e.to_string()),
     };
+    let opened = std::time::Instant::now();
     let (batches, rx) = mpsc::channel(STREAM_BUFFER);
     let call = tokio::spawn(async move { client.send(ReceiverStream::new(rx)).await });
-    let mut sent = false;
     let ended = loop {
         let Some(first) = queue.recv().await else {
             break Ended::TransportDropped;
@@ -191,38 +217,44 @@ async fn stream_to(me: u64, peer: u64, url: &str, queue: &mut mpsc::Receiver<Mes
             }
         }
         let batch = RaftBatch {
-            from: me,
+            from: me.id,
             to: peer,
             messages: encoded,
+            cluster_id: me.cluster,
         };
         if batches.send(batch).await.is_err() {
-            // The call ended: find out why.
-            break if sent {
-                Ended::Worked("the stream closed".into())
-            } else {
-                Ended::Broken("the stream closed".into())
-            };
+            break Ended::Broken("the stream closed".into()); // why: see below
         }
-        sent = true;
     };
     drop(batches);
-    match (ended, call.await) {
-        (Ended::TransportDropped, _) => Ended::TransportDropped,
-        (_, Ok(Err(status))) => {
-            let reason = format!("{}: {}", status.code(), status.message());
-            if sent {
-                Ended::Worked(reason)
-            } else {
-                Ended::Broken(reason)
+    let outcome = tokio::time::timeout(Duration::from_secs(5), call).await;
+    let reason = match (&ended, outcome) {
+        (Ended::TransportDropped, _) => return Ended::TransportDropped,
+        (_, Ok(Ok(Err(status)))) => {
+            if matches!(
+                status.code(),
+                tonic::Code::PermissionDenied | tonic::Code::InvalidArgument
+            ) {
+                tracing::warn!(peer = format!("{peer:x}"), %url, %status,
+                    "the peer refuses this member's raft messages");
             }
+            format!("{}: {}", status.code(), status.message())
         }
-        (other, _) => other,
+        _ => "the stream closed".to_string(),
+    };
+    // Only a stream that lived a while counts as working (and resets the backoff): a peer that
+    // accepts connections but refuses every stream must not be redialed in a tight loop.
+    if opened.elapsed() > STREAM_WORKED {
+        Ended::Worked(reason)
+    } else {
+        Ended::Broken(reason)
     }
 }
 
 /// The receiving half: the `concordpeerpb.Peer` service (see the module doc).
 pub struct PeerService {
     id: u64,
+    cluster: u64,
     members: HashSet<u64>,
     deliver: Deliver,
     /// Turns true when this member stops: open streams end then.
@@ -234,12 +266,14 @@ impl PeerService {
     /// `deliver`, until `stop` turns true.
     pub fn new(
         id: u64,
+        cluster: u64,
         members: impl IntoIterator<Item = u64>,
         deliver: Deliver,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> PeerService {
         PeerService {
             id,
+            cluster,
             members: members.into_iter().filter(|m| *m != id).collect(),
             deliver,
             stop,
@@ -248,10 +282,14 @@ impl PeerService {
 
     /// Checks a batch's envelope, then decodes and checks its messages (see the module doc).
     fn accept(&self, batch: &RaftBatch) -> Result<Vec<Message>, Status> {
-        if !self.members.contains(&batch.from) || batch.to != self.id {
+        if !self.members.contains(&batch.from)
+            || batch.to != self.id
+            || batch.cluster_id != self.cluster
+        {
             return Err(Status::permission_denied(format!(
-                "concord: member {:x} does not accept raft messages from {:x} to {:x}",
-                self.id, batch.from, batch.to
+                "concord: member {:x} of cluster {:x} does not accept raft messages from {:x} to \
+                 {:x} of cluster {:x}",
+                self.id, self.cluster, batch.from, batch.to, batch.cluster_id
             )));
         }
         batch
@@ -261,6 +299,11 @@ impl PeerService {
                 let msg = Message::parse_from_bytes(bytes).map_err(|e| {
                     Status::invalid_argument(format!("concord: bad raft message: {e}"))
                 })?;
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    return Err(Status::invalid_argument(
+                        "concord: this version does not install snapshots",
+                    ));
+                }
                 if msg.from != batch.from || msg.to != batch.to {
                     return Err(Status::permission_denied(format!(
                         "concord: a raft message from {:x} to {:x} in a batch from {:x} to {:x}",
@@ -313,7 +356,8 @@ impl Peer for PeerService {
 mod tests {
     use super::*;
     use concord_proto::concordpeerpb::peer_server::PeerServer;
-    use raft::eraftpb::MessageType;
+
+    const CLUSTER: u64 = 0xc1;
 
     /// A peer server for member `id` on 127.0.0.1 (a given port, or 0): its URL, what it received,
     /// and a way to stop it.
@@ -334,7 +378,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut stopping = stopped.clone();
         let deliver: Deliver = Arc::new(move |m| sink.lock().push(m));
-        let service = PeerService::new(id, members, deliver, stopped);
+        let service = PeerService::new(id, CLUSTER, members, deliver, stopped);
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(PeerServer::new(service))
@@ -374,7 +418,7 @@ mod tests {
     async fn messages_arrive_in_order_and_resume_after_the_peer_restarts() {
         let b = receiver(2, vec![1, 2], 0).await;
         let peers = HashMap::from([(2, vec![b.url.clone()])]);
-        let a = Transport::start(1, &peers);
+        let a = Transport::start(1, CLUSTER, &peers);
         a.send((1..=100).map(|t| heartbeat(1, 2, t)).collect());
         until("100 messages", || b.got.lock().len() == 100).await;
         let terms: Vec<u64> = b.got.lock().iter().map(|m| m.term).collect();
@@ -416,6 +460,7 @@ mod tests {
         // From a member the receiver does not know: refused, even though the bytes are garbage.
         let stranger = RaftBatch {
             from: 9,
+            cluster_id: CLUSTER,
             to: 2,
             messages: vec![vec![0xff; 64]],
         };
@@ -424,6 +469,7 @@ mod tests {
         // Addressed to another member.
         let misrouted = RaftBatch {
             from: 1,
+            cluster_id: CLUSTER,
             to: 3,
             messages: vec![heartbeat(1, 3, 1).write_to_bytes().unwrap()],
         };
@@ -434,6 +480,7 @@ mod tests {
         // A message claiming another sender than its batch.
         let forged = RaftBatch {
             from: 1,
+            cluster_id: CLUSTER,
             to: 2,
             messages: vec![heartbeat(3, 2, 1).write_to_bytes().unwrap()],
         };
@@ -441,9 +488,34 @@ mod tests {
             send(forged).await.unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
+        // From another cluster whose member ids happen to match.
+        let elsewhere = RaftBatch {
+            cluster_id: 0xbad,
+            from: 1,
+            to: 2,
+            messages: vec![heartbeat(1, 2, 1).write_to_bytes().unwrap()],
+        };
+        assert_eq!(
+            send(elsewhere).await.unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        // A snapshot: this version does not install them.
+        let mut snapshot = heartbeat(1, 2, 1);
+        snapshot.set_msg_type(MessageType::MsgSnapshot);
+        let snapshot = RaftBatch {
+            cluster_id: CLUSTER,
+            from: 1,
+            to: 2,
+            messages: vec![snapshot.write_to_bytes().unwrap()],
+        };
+        assert_eq!(
+            send(snapshot).await.unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         // Garbage from a member: a clear error, nothing delivered.
         let garbage = RaftBatch {
             from: 1,
+            cluster_id: CLUSTER,
             to: 2,
             messages: vec![vec![0xff; 64]],
         };
@@ -455,6 +527,7 @@ mod tests {
         // And a good batch is accepted.
         let good = RaftBatch {
             from: 1,
+            cluster_id: CLUSTER,
             to: 2,
             messages: vec![heartbeat(1, 2, 5).write_to_bytes().unwrap()],
         };

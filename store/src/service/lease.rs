@@ -3,8 +3,9 @@
 //! Grants and revokes are Raft proposals; the proposer picks the id of a grant that asked for none
 //! (a random positive one not in use), and raises the TTL to the minimum, so applying a grant is
 //! deterministic. Keepalives and TimeToLive are answered by the leader's lessor from memory (see
-//! `lease` for the expiry rule). LeaseKeepAlive is a bidirectional stream: one answer per request,
-//! in order; an unknown or expired lease is answered with TTL 0, as etcd does.
+//! `lease` for the expiry rule); a follower forwards them to the leader (`forward`).
+//! LeaseKeepAlive is a bidirectional stream: one answer per request, in order; an unknown or
+//! expired lease is answered with TTL 0, as etcd does.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -22,6 +23,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::Core;
+use super::forward::FORWARDED;
 use crate::error::{Error, Result};
 use crate::lease::LeaseId;
 use crate::raft::proposal::{Command, LeaseCheckpoint, LeaseCheckpoints, Response as Applied};
@@ -72,7 +74,23 @@ impl LeaseService {
         }
     }
 
-    fn time_to_live(&self, r: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
+    async fn time_to_live(
+        &self,
+        r: LeaseTimeToLiveRequest,
+        forwarded: bool,
+    ) -> Result<LeaseTimeToLiveResponse> {
+        if !self.core.lessor.is_primary() && !forwarded {
+            // Only the leader knows deadlines (see `forward`).
+            if let Some(leader) = self.core.leader_elsewhere() {
+                let mut resp = self.core.leader_leases.time_to_live(leader, r).await?;
+                resp.header = self.core.header(None);
+                return Ok(resp);
+            }
+        }
+        Ok(self.time_to_live_here(r))
+    }
+
+    fn time_to_live_here(&self, r: LeaseTimeToLiveRequest) -> LeaseTimeToLiveResponse {
         let header = self.core.header(None);
         match self.core.lessor.time_to_live(r.id, r.keys) {
             Some(ttl) => LeaseTimeToLiveResponse {
@@ -94,7 +112,7 @@ impl LeaseService {
 }
 
 /// Renews one lease for a keepalive stream: TTL 0 when it is unknown or expired.
-async fn keep_alive(core: &Core, id: LeaseId) -> Result<LeaseKeepAliveResponse> {
+async fn keep_alive(core: &Core, id: LeaseId, forwarded: bool) -> Result<LeaseKeepAliveResponse> {
     let ttl = match renew(core, id).await {
         Ok((ttl, checkpointed)) => {
             if checkpointed {
@@ -111,6 +129,11 @@ async fn keep_alive(core: &Core, id: LeaseId) -> Result<LeaseKeepAliveResponse> 
             ttl
         }
         Err(Error::LeaseNotFound) => 0,
+        // A follower: the leader renews (see `forward`).
+        Err(Error::NoLeader) if !forwarded => match core.leader_elsewhere() {
+            Some(leader) => core.leader_leases.keep_alive(leader, id).await?,
+            None => return Err(Error::NoLeader),
+        },
         Err(e) => return Err(e),
     };
     Ok(LeaseKeepAliveResponse {
@@ -161,6 +184,7 @@ impl Lease for LeaseService {
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<BoxStream<LeaseKeepAliveResponse>>, Status> {
+        let forwarded = request.metadata().contains_key(FORWARDED);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_BUFFER);
         let core = self.core.clone();
@@ -172,7 +196,9 @@ impl Lease for LeaseService {
                     _ = stop.wait_for(|stopped| *stopped) => break,
                 };
                 let Some(Ok(req)) = req else { break };
-                let answer = keep_alive(&core, req.id).await.map_err(Status::from);
+                let answer = keep_alive(&core, req.id, forwarded)
+                    .await
+                    .map_err(Status::from);
                 let failed = answer.is_err();
                 let sent = tokio::select! {
                     sent = tx.send(answer) => sent.is_ok(),
@@ -190,7 +216,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Ok(Response::new(self.time_to_live(request.into_inner())))
+        let forwarded = request.metadata().contains_key(FORWARDED);
+        let resp = self.time_to_live(request.into_inner(), forwarded).await?;
+        Ok(Response::new(resp))
     }
 
     async fn lease_leases(

@@ -11,6 +11,7 @@
 //! Services not served yet answer gRPC `Unimplemented`: Cluster (replication) and Auth.
 
 pub mod election;
+pub mod forward;
 pub mod kv;
 pub mod lease;
 pub mod limits;
@@ -54,9 +55,17 @@ pub struct Core {
     pub watch_stream_buffer: usize,
     /// Turns true when the server shuts down: long-lived streams end then.
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// The other members' Lease services, for requests only the leader can answer.
+    pub leader_leases: forward::LeaderLeases,
 }
 
 impl Core {
+    /// The leader's id, when there is one and it is not this member.
+    pub fn leader_elsewhere(&self) -> Option<u64> {
+        let leader = self.node.status().leader.load(Ordering::Relaxed);
+        (leader != 0 && leader != self.member_id).then_some(leader)
+    }
+
     /// Completes a header that carries the revision (or none) with the ids and the Raft term.
     pub fn header(&self, header: Option<ResponseHeader>) -> Option<ResponseHeader> {
         let revision = header.map_or_else(|| self.kv.current_revision(), |h| h.revision);
