@@ -164,6 +164,37 @@ async fn cluster_stories() {
     a_history_across_a_leader_failover_is_linearizable().await;
 }
 
+/// MemberList on any member shows all three, each with the name and client URL it published (so
+/// `etcdctl endpoint status --cluster` finds them all).
+async fn every_member_lists_every_member(members: &[Member]) {
+    let mut expected: Vec<(String, String)> = members
+        .iter()
+        .map(|m| (m.config.name.clone(), m.endpoint()))
+        .collect();
+    expected.sort();
+    for member in members {
+        let deadline = Instant::now() + ELECTION;
+        loop {
+            let list = client(member).await.member_list().await.unwrap();
+            let mut seen: Vec<(String, String)> = list
+                .members()
+                .iter()
+                .map(|m| (m.name().to_string(), m.client_urls().join(",")))
+                .collect();
+            seen.sort();
+            if seen == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} lists {seen:?}, expected {expected:?}",
+                member.config.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
 /// A lease granted through one follower and kept alive through another outlives its TTL: the
 /// followers forward keepalives and TimeToLive to the leader, the only member with deadlines.
 async fn leases_are_kept_alive_through_followers(granter: &Member, keeper: &Member) {
@@ -217,6 +248,7 @@ async fn three_members_replicate_fail_over_and_converge() {
     );
 
     leases_are_kept_alive_through_followers(&members[followers[0]], &members[followers[1]]).await;
+    every_member_lists_every_member(&members).await;
 
     // The leader stops; the others elect a new one and writes go on.
     let stopped = Instant::now();

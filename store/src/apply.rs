@@ -26,6 +26,7 @@ use raft::eraftpb::{Entry, EntryType};
 
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
+use crate::members::Members;
 use crate::mvcc::store::WriteBatch;
 use crate::mvcc::txn;
 use crate::mvcc::{KvStore, Rev};
@@ -56,11 +57,16 @@ pub struct Outcome {
 pub struct StateMachine {
     kv: Arc<KvStore>,
     lessor: Arc<Lessor>,
+    members: Arc<Members>,
 }
 
 impl StateMachine {
-    pub fn open(kv: Arc<KvStore>, lessor: Arc<Lessor>) -> Self {
-        StateMachine { kv, lessor }
+    pub fn open(kv: Arc<KvStore>, lessor: Arc<Lessor>, members: Arc<Members>) -> Self {
+        StateMachine {
+            kv,
+            lessor,
+            members,
+        }
     }
 
     pub fn lessor(&self) -> &Arc<Lessor> {
@@ -99,7 +105,8 @@ impl StateMachine {
                 EntryType::EntryNormal => {
                     let proposal = Proposal::decode(&entry.data[..])?;
                     let events_start = batch.events().len();
-                    let result = execute(&mut batch, &self.lessor, proposal.command)?;
+                    let result =
+                        execute(&mut batch, &self.lessor, &self.members, proposal.command)?;
                     self.lessor.apply_events(&batch.events()[events_start..]);
                     out.push(Applied {
                         id: proposal.id,
@@ -130,6 +137,7 @@ impl StateMachine {
 fn execute(
     batch: &mut WriteBatch<'_>,
     lessor: &Lessor,
+    members: &Members,
     command: Option<Command>,
 ) -> Result<Result<Response>> {
     let Some(command) = command else {
@@ -162,6 +170,10 @@ fn execute(
                 .collect();
             lessor.apply_checkpoints(batch, &checkpoints);
             Ok(Response::LeaseCheckpoint)
+        }
+        Command::PublishMember(attributes) => {
+            members.apply(batch, attributes);
+            Ok(Response::PublishMember)
         }
         command => {
             let mut w = batch.txn();
@@ -229,7 +241,13 @@ mod tests {
         let state = db.open_tree("state").unwrap();
         let kv = Arc::new(KvStore::open(state).unwrap());
         let lessor = Arc::new(Lessor::open(&kv, 2).unwrap());
-        StateMachine::open(kv, lessor)
+        let me = crate::members::Attributes {
+            id: 1,
+            name: "test".into(),
+            client_urls: vec![],
+        };
+        let members = Members::open(&kv, [(1, vec![])].into(), me).unwrap();
+        StateMachine::open(kv, lessor, Arc::new(members))
     }
 
     #[test]

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use concord_proto::concordpeerpb::peer_server::PeerServer;
+use concord_proto::etcdserverpb::cluster_server::ClusterServer;
 use concord_proto::etcdserverpb::kv_server::KvServer;
 use concord_proto::etcdserverpb::lease_server::LeaseServer;
 use concord_proto::etcdserverpb::maintenance_server::MaintenanceServer;
@@ -26,10 +27,13 @@ use crate::apply::StateMachine;
 use crate::config::{CONCORD_VERSION, ServerConfig};
 use crate::error::{Error, Result};
 use crate::lease::{Lessor, keeper};
+use crate::members::{Attributes, Members};
 use crate::mvcc::KvStore;
 use crate::raft::node::{Node, NodeConfig, NodeHandle};
+use crate::raft::proposal::Command;
 use crate::raft::storage::RaftStorage;
 use crate::raft::transport::{Deliver, PeerService, Transport};
+use crate::service::cluster::ClusterService;
 use crate::service::forward::LeaderLeases;
 use crate::service::{
     Core, election::ElectionService, kv::KvService, lease::LeaseService, lock::LockService,
@@ -79,12 +83,23 @@ impl Server {
         let (member_id, cluster_id) = identity(&state, &config)?;
         let kv = Arc::new(KvStore::open(state.clone())?);
         let lessor = Arc::new(Lessor::open(&kv, config.min_lease_ttl())?);
-        let sm = StateMachine::open(kv.clone(), lessor.clone());
+        let peers = config.peers();
+        let me = Attributes {
+            id: member_id,
+            name: config.name.clone(),
+            client_urls: config.advertise_client_urls.clone(),
+        };
+        let known = if peers.len() > 1 {
+            peers.clone()
+        } else {
+            [(member_id, config.advertise_peer_urls.clone())].into()
+        };
+        let members = Arc::new(Members::open(&kv, known, me)?);
+        let sm = StateMachine::open(kv.clone(), lessor.clone(), members.clone());
         let hub = Arc::new(Hub::new(kv.clone()));
         let (events, watch_threads) =
             threads::start(hub.clone(), config.watch_progress_notify_interval)?;
         // Used only on first start (an empty log): every initial member is a voter.
-        let peers = config.peers();
         // A lone member is itself, whatever URLs it was restarted with (its id was kept from its
         // first start); a cluster's members are the ids of the URLs every member is given.
         let mut voters: Vec<u64> = if peers.len() > 1 {
@@ -148,6 +163,7 @@ impl Server {
             stop: stop_rx.clone(),
             watch_stream_buffer: config.watch_stream_buffer.max(1),
             leader_leases: LeaderLeases::new(peers.clone()),
+            members: members.clone(),
         });
         let keeper_config = keeper::KeeperConfig {
             checkpoint_interval: config.lease_checkpoint_interval,
@@ -201,6 +217,21 @@ impl Server {
                     peer_stop_rx.clone(),
                 )));
             }
+        }
+        // The client URLs this member publishes: the advertised ones, with a port 0 (tests)
+        // replaced by the port picked at bind time.
+        let client_urls = config
+            .advertise_client_urls
+            .iter()
+            .zip(client_addrs.iter().cycle())
+            .map(|(url, addr)| match url.strip_suffix(":0") {
+                Some(_) => format!("http://{addr}"),
+                None => url.clone(),
+            })
+            .collect();
+        let attributes = members.serving(client_urls);
+        if peers.len() > 1 && members.published(member_id).as_ref() != Some(&attributes) {
+            tokio::spawn(publish(handle.clone(), attributes, stop_rx.clone()));
         }
         tracing::info!(
             name = %config.name,
@@ -363,6 +394,26 @@ fn identity(state: &sled::Tree, config: &ServerConfig) -> Result<(u64, u64)> {
     Ok((member, cluster))
 }
 
+/// Proposes this member's attributes until they are applied, retrying while there is no leader
+/// (see `members`).
+async fn publish(node: NodeHandle, attributes: Attributes, mut stop: watch::Receiver<bool>) {
+    loop {
+        let proposed = node.propose(Command::PublishMember(attributes.clone()));
+        let failed = tokio::select! {
+            result = proposed => match result {
+                Ok(_) => return,
+                Err(e) => e,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        tracing::debug!(error = %failed, "publishing this member's attributes; retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Serves the other members on `listener`: the peer service (Raft messages), and the Lease
 /// service for the lease requests followers forward to the leader (`service/forward.rs`).
 async fn serve_peers(
@@ -408,6 +459,9 @@ async fn serve(
     let election = ElectionServer::new(ElectionService::new(core.clone()))
         .max_decoding_message_size(max_decode)
         .max_encoding_message_size(usize::MAX);
+    let cluster = ClusterServer::new(ClusterService::new(core.clone()))
+        .max_decoding_message_size(max_decode)
+        .max_encoding_message_size(usize::MAX);
     let lease = LeaseServer::new(LeaseService::new(core))
         .max_decoding_message_size(max_decode)
         .max_encoding_message_size(usize::MAX);
@@ -428,6 +482,7 @@ async fn serve(
         .add_service(lease)
         .add_service(lock)
         .add_service(election)
+        .add_service(cluster)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })

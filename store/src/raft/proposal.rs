@@ -28,7 +28,7 @@ pub struct Proposal {
     #[prost(uint64, tag = "2")]
     pub origin: u64,
     /// The request to apply.
-    #[prost(oneof = "Command", tags = "3, 4, 5, 6, 7, 8, 9")]
+    #[prost(oneof = "Command", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
     pub command: Option<Command>,
 }
 
@@ -51,6 +51,9 @@ pub enum Command {
     /// The leader's record of remaining TTLs (see `lease`).
     #[prost(message, tag = "9")]
     LeaseCheckpoint(LeaseCheckpoints),
+    /// A member's name and client URLs (see `members`).
+    #[prost(message, tag = "10")]
+    PublishMember(crate::members::Attributes),
 }
 
 /// Remaining TTLs to remember, so that a new leader does not restart leases from their full TTL.
@@ -79,6 +82,7 @@ pub enum Response {
     LeaseGrant(LeaseGrantResponse),
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint,
+    PublishMember,
 }
 
 /// Generates proposal ids: `start_millis << 22 | counter` (4M proposals per millisecond of uptime

@@ -8,8 +8,10 @@
 //! Lock and Election are built on the other services, as etcd builds them: `local` is the
 //! in-process client they use.
 //!
-//! Services not served yet answer gRPC `Unimplemented`: Cluster (replication) and Auth.
+//! Services not served yet answer gRPC `Unimplemented`: Auth, and the Cluster service's membership
+//! changes.
 
+pub mod cluster;
 pub mod election;
 pub mod forward;
 pub mod kv;
@@ -57,6 +59,8 @@ pub struct Core {
     pub stop: tokio::sync::watch::Receiver<bool>,
     /// The other members' Lease services, for requests only the leader can answer.
     pub leader_leases: forward::LeaderLeases,
+    /// The members, for MemberList.
+    pub members: Arc<crate::members::Members>,
 }
 
 impl Core {
