@@ -9,27 +9,21 @@
 //! loosely). The killed member is restarted on its data dir; it catches up, every acknowledged
 //! write is present on every member with its value and revision, and HashKV is equal on all three.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{connect, free_port};
 use etcd_client::{Client, GetOptions};
 
 /// Writers per surviving member.
 const WRITERS: usize = 2;
 /// Loose bound on the failover (the benchmark holds the real target).
 const FAILOVER_BOUND: Duration = Duration::from_secs(15);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A member's name, client port and peer port.
 #[derive(Clone)]
@@ -63,19 +57,6 @@ fn spawn(spec: &Spec, cluster: &str, dir: &Path) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting concord")
-}
-
-async fn connect(port: u16) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut client) = Client::connect([format!("127.0.0.1:{port}")], None).await
-            && client.get("probe", None).await.is_ok()
-        {
-            return client;
-        }
-        assert!(Instant::now() < deadline, "member on {port} never served");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// The index of the member that is the leader, as the Status of `members` says.

@@ -10,27 +10,21 @@
 //! Also here, because they need the real binary: a second server on the same data dir fails with a
 //! clear message; SIGTERM shuts down cleanly.
 
+mod common;
+
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{connect, free_port};
 use etcd_client::{Client, GetOptions};
 
 /// How many kill/restart rounds.
 const ROUNDS: usize = 12;
 /// Concurrent writers per round.
 const WRITERS: usize = 8;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Starts the binary on `dir` serving clients on `port`.
 fn spawn(dir: &Path, port: u16) -> Child {
@@ -56,23 +50,6 @@ fn spawn(dir: &Path, port: u16) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting concord")
-}
-
-/// Connects once the server answers a read.
-async fn connect(port: u16) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(mut client) = Client::connect([format!("127.0.0.1:{port}")], None).await
-            && client.get("probe", None).await.is_ok()
-        {
-            return client;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "concord did not come up on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A write the server acknowledged.
