@@ -293,6 +293,34 @@ async fn three_members_replicate_fail_over_and_converge() {
         "HashKV differs between members: {hashes:?}"
     );
 
+    // MoveLeader: the leader hands leadership to a follower; a member that does not lead is told
+    // so, as etcd tells it.
+    let now = leader(&members).await;
+    let to = (0..3).find(|i| *i != now).unwrap();
+    let target = members[to].config.member_id();
+    let e = client(&members[to])
+        .await
+        .move_leader(target)
+        .await
+        .unwrap_err();
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            assert_eq!(s.code(), tonic::Code::FailedPrecondition);
+            assert_eq!(s.message(), "etcdserver: not leader");
+        }
+        other => panic!("expected a status, got {other}"),
+    }
+    client(&members[now])
+        .await
+        .move_leader(target)
+        .await
+        .unwrap();
+    assert_eq!(
+        leader(&members).await,
+        to,
+        "the target leads once MoveLeader answers"
+    );
+
     // Membership cannot change yet: a data dir restarted with other members is refused.
     stop(&mut members[first]).await;
     let mut alone = members[first].config.clone();

@@ -78,6 +78,12 @@ pub enum Error {
     // --- Raft and server state ---
     #[error("etcdserver: no leader")]
     NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    LeaderTransferTimeout,
     #[error("etcdserver: request timed out")]
     Timeout,
     #[error("etcdserver: server stopped")]
@@ -122,12 +128,16 @@ impl Error {
             | Error::Config(_) => Code::InvalidArgument,
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
             Error::LeaseNotFound => Code::NotFound,
-            Error::LeaseExists => Code::FailedPrecondition,
+            Error::LeaseExists | Error::NotLeader | Error::BadLeaderTransferee => {
+                Code::FailedPrecondition
+            }
             Error::ElectionNoLeader
             | Error::ElectionNotLeader
             | Error::MissingLeaderKey
             | Error::SessionExpired => Code::Unknown,
-            Error::NoLeader | Error::Timeout | Error::Stopped => Code::Unavailable,
+            Error::NoLeader | Error::Timeout | Error::Stopped | Error::LeaderTransferTimeout => {
+                Code::Unavailable
+            }
             Error::Storage(_)
             | Error::Raft(_)
             | Error::Corrupt(_)

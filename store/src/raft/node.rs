@@ -74,6 +74,11 @@ pub enum Msg {
     ReadIndex { reply: oneshot::Sender<Result<()>> },
     /// A Raft message from a peer (checked by the transport: from a member, to this member).
     Step(Box<Message>),
+    /// Hand leadership to `target`; answer once it leads.
+    TransferLeader {
+        target: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
     /// Stop the loop after the current turn.
     Shutdown,
 }
@@ -139,6 +144,12 @@ impl NodeHandle {
         &self.status
     }
 
+    /// Hands leadership to member `target` (this member must lead); returns once `target` leads.
+    pub async fn move_leader(&self, target: u64) -> Result<()> {
+        self.ask(|reply| Msg::TransferLeader { target, reply })
+            .await
+    }
+
     /// Hands the loop a message from a peer, without waiting.
     pub fn step(&self, msg: Message) {
         let _ = self.tx.send(Msg::Step(Box::new(msg)));
@@ -200,6 +211,8 @@ pub struct Node {
     promote_pending: bool,
     /// Messages to other members (none in a one-member group).
     transport: Option<Transport>,
+    /// A leadership transfer under way: its target, its caller, and until when it may take.
+    transfer: Option<(u64, oneshot::Sender<Result<()>>, Instant)>,
 }
 
 impl Node {
@@ -262,6 +275,7 @@ impl Node {
             events,
             promote_pending,
             transport,
+            transfer: None,
         };
         node.maybe_promote();
         node.publish_status();
@@ -306,6 +320,7 @@ impl Node {
             if let Err(e) = self.on_ready() {
                 break Err(e);
             }
+            self.check_transfer();
             let ready_took = turn.elapsed();
             if let Err(e) = self.maybe_write_back(now) {
                 break Err(e);
@@ -356,6 +371,7 @@ impl Node {
                     tracing::debug!(error = %e, "a raft message was not stepped");
                 }
             }
+            Msg::TransferLeader { target, reply } => self.transfer_leader(target, reply),
             Msg::Shutdown => return true,
         }
         false
@@ -378,6 +394,45 @@ impl Node {
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
             }
+        }
+    }
+
+    /// Starts a leadership transfer (etcd's MoveLeader); answered by [`Node::check_transfer`].
+    fn transfer_leader(&mut self, target: u64, reply: oneshot::Sender<Result<()>>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(Error::NotLeader));
+            return;
+        }
+        if !self.raw.store().voters().contains(&target) {
+            let _ = reply.send(Err(Error::BadLeaderTransferee));
+            return;
+        }
+        if target == self.config.id {
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        if let Some((_, earlier, _)) = self.transfer.take() {
+            let _ = earlier.send(Err(Error::LeaderTransferTimeout));
+        }
+        // Two election timeouts: raft-rs aborts a transfer after one, if the target never campaigns.
+        let election = self.config.tick * self.config.election_ticks as u32;
+        self.transfer = Some((target, reply, Instant::now() + 2 * election));
+        self.raw.transfer_leader(target);
+    }
+
+    /// Answers a transfer once its target leads, or once it has taken too long.
+    fn check_transfer(&mut self) {
+        let Some((target, _, deadline)) = &self.transfer else {
+            return;
+        };
+        let done = self.raw.raft.leader_id == *target;
+        if done || Instant::now() > *deadline {
+            let (_, reply, _) = self.transfer.take().expect("checked above");
+            let _ = reply.send(if done {
+                Ok(())
+            } else {
+                Err(Error::LeaderTransferTimeout)
+            });
         }
     }
 

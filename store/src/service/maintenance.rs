@@ -9,15 +9,19 @@
 //!   empty list; ACTIVATE is refused rather than silently ignored.
 //! - Defragment: sled reclaims space by itself; the call flushes and answers.
 //!
-//! Snapshot, MoveLeader and Downgrade answer `Unimplemented` (replication, a later issue).
+//! - MoveLeader: the leader hands leadership to another voter (raft-rs's leader transfer) and
+//!   answers once the target leads; etcd's errors for a non-leader, a non-member target and a
+//!   transfer that takes too long.
+//!
+//! Snapshot and Downgrade answer `Unimplemented` (later).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use concord_proto::etcdserverpb::{
     AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, HashKvRequest,
-    HashKvResponse, HashRequest, HashResponse, StatusRequest, StatusResponse,
-    alarm_request::AlarmAction, maintenance_server::Maintenance,
+    HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest, MoveLeaderResponse,
+    StatusRequest, StatusResponse, alarm_request::AlarmAction, maintenance_server::Maintenance,
 };
 use tonic::{Request, Response, Status};
 
@@ -67,6 +71,17 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(AlarmResponse {
             header: self.core.header(None),
             alarms: Vec::new(),
+        }))
+    }
+
+    async fn move_leader(
+        &self,
+        request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        let target = request.into_inner().target_id;
+        self.core.node.move_leader(target).await?;
+        Ok(Response::new(MoveLeaderResponse {
+            header: self.core.header(None),
         }))
     }
 
