@@ -349,13 +349,8 @@ async fn election_misuse(client: &Client) {
 /// nobody keeps alive, so the lock would expire silently; see `store/src/service/lock.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concord_refuses_a_lock_without_a_lease() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = concord::store::Server::start(concord::store::ServerConfig::for_test(dir.path()))
-        .await
-        .unwrap();
-    let client = Client::connect([server.client_addr().to_string()], None)
-        .await
-        .unwrap();
+    let server = common::ConcordMember::start().await;
+    let client = Client::connect([server.endpoint()], None).await.unwrap();
     let refused = |e: Error| {
         let (code, message) = status(e);
         assert_eq!(code, tonic::Code::InvalidArgument);
@@ -369,7 +364,7 @@ async fn concord_refuses_a_lock_without_a_lease() {
         .await
         .unwrap();
     assert!(left.kvs().is_empty(), "a refused request writes nothing");
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
 }
 
 /// Concord only: a waiter whose lease expires while it waits is told so ("mutex: session is
@@ -377,13 +372,8 @@ async fn concord_refuses_a_lock_without_a_lease() {
 /// answers the Lock anyway once its predecessor goes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concord_waiter_whose_lease_expires_is_told() {
-    let dir = tempfile::tempdir().unwrap();
-    let server = concord::store::Server::start(concord::store::ServerConfig::for_test(dir.path()))
-        .await
-        .unwrap();
-    let client = Client::connect([server.client_addr().to_string()], None)
-        .await
-        .unwrap();
+    let server = common::ConcordMember::start().await;
+    let client = Client::connect([server.endpoint()], None).await.unwrap();
     let holder = lease(&client, 30).await;
     let held = client
         .clone()
@@ -406,5 +396,5 @@ async fn concord_waiter_whose_lease_expires_is_told() {
     );
     assert!(create_revision(&client, held.key()).await.is_some());
     client.clone().unlock(held.key()).await.unwrap();
-    server.shutdown().await.unwrap();
+    server.shutdown().await;
 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::put_retrying as put;
+
 use std::time::Duration;
 
 use concord::recipes::{Client, Update};
@@ -59,19 +61,6 @@ async fn follow_resumes_and_resyncs_on_concord_and_etcd() {
         follow_story(&mut target).await;
         target.shutdown().await;
     }
-}
-
-/// Puts (retried while a restarted server comes back); the revision.
-async fn put(client: &Client, key: &str, value: &str) -> i64 {
-    let (key, value) = (key.to_string(), value.to_string());
-    let resp = client
-        .retry(|mut c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move { c.put(key, value, None).await }
-        })
-        .await
-        .unwrap();
-    resp.header().unwrap().revision()
 }
 
 /// The next update that is not about the connection, noting those in `log`.

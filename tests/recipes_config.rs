@@ -13,6 +13,8 @@
 
 mod common;
 
+use common::put_retrying as put;
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -65,19 +67,6 @@ async fn load(client: &Client, source: Source) -> Config<Limits> {
         .load()
         .await
         .unwrap()
-}
-
-/// Puts `value` at `key` (retried while a restarted server comes back); its revision.
-async fn put(client: &Client, key: &str, value: &str) -> i64 {
-    let (key, value) = (key.to_string(), value.to_string());
-    let resp = client
-        .retry(|mut c| {
-            let (key, value) = (key.clone(), value.clone());
-            async move { c.put(key, value, None).await }
-        })
-        .await
-        .unwrap();
-    resp.header().unwrap().revision()
 }
 
 async fn delete(client: &Client, key: &str) -> i64 {

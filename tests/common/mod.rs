@@ -1752,3 +1752,16 @@ impl Target {
         }
     }
 }
+
+/// Puts `value` at `key` through the recipes' client, retried while a restarted server comes back;
+/// the revision of the put.
+pub async fn put_retrying(client: &concord::recipes::Client, key: &str, value: &str) -> i64 {
+    let resp = client
+        .retry(|mut c| {
+            let (key, value) = (key.to_string(), value.to_string());
+            async move { c.put(key, value, None).await }
+        })
+        .await
+        .unwrap();
+    resp.header().unwrap().revision()
+}

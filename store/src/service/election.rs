@@ -32,8 +32,7 @@ use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
 use super::Core;
-use super::local::{Local, Seen, prefix_end};
-use super::lock::owner_key;
+use super::local::{Local, Seen, owner_key, prefix_end, queue_prefix};
 use crate::error::{Error, Result};
 
 /// Leader changes buffered per Observe stream.
@@ -56,10 +55,7 @@ impl ElectionService {
     }
 
     async fn campaign(&self, r: CampaignRequest) -> Result<CampaignResponse> {
-        if r.lease == 0 {
-            return Err(Error::LeaseRequired);
-        }
-        let prefix = [r.name.as_slice(), b"/"].concat();
+        let prefix = queue_prefix(&r.name);
         let key = owner_key(&prefix, r.lease);
         // Campaigning again with the same lease keeps its place and proclaims the new value.
         let won = self
@@ -92,7 +88,7 @@ impl ElectionService {
     }
 
     async fn leader(&self, r: LeaderRequest) -> Result<LeaderResponse> {
-        let prefix = [r.name.as_slice(), b"/"].concat();
+        let prefix = queue_prefix(&r.name);
         let (kv, header) = self.local.first(&prefix).await?;
         let kv = kv.ok_or(Error::ElectionNoLeader)?;
         Ok(LeaderResponse {
@@ -218,7 +214,7 @@ impl Election for ElectionService {
         &self,
         request: Request<LeaderRequest>,
     ) -> Result<Response<BoxStream<LeaderResponse>>, Status> {
-        let prefix = [request.into_inner().name.as_slice(), b"/"].concat();
+        let prefix = queue_prefix(&request.into_inner().name);
         let (tx, rx) = mpsc::channel(OBSERVE_BUFFER);
         let local = self.local.clone();
         let mut stop = self.core().stop.clone();

@@ -217,7 +217,8 @@ impl Local {
 
     /// Contends for `key` under `prefix` with `value` and `lease`, and waits for its turn, on a
     /// task of its own (see the module doc). With `proclaim`, a key that exists already with
-    /// another value (the same lease campaigning again) gets `value`.
+    /// another value (the same lease campaigning again) gets `value`. A contender needs a lease
+    /// (see `lock` for why lease 0 is refused).
     pub async fn contend(
         &self,
         prefix: Vec<u8>,
@@ -226,6 +227,9 @@ impl Local {
         lease: i64,
         proclaim: bool,
     ) -> Result<Won> {
+        if lease == 0 {
+            return Err(Error::LeaseRequired);
+        }
         let (reply, answer) = oneshot::channel();
         let local = self.clone();
         tokio::spawn(async move {
@@ -451,6 +455,17 @@ impl Drop for LocalWatch {
     fn drop(&mut self) {
         self.core.hub.close_stream(self.stream);
     }
+}
+
+/// The prefix the contenders for `name` keep their keys under: `name/`.
+pub fn queue_prefix(name: &[u8]) -> Vec<u8> {
+    [name, b"/"].concat()
+}
+
+/// A contender's key: `prefix` (`name/`) and its lease in hex, as etcd's Go concurrency package
+/// writes it.
+pub fn owner_key(prefix: &[u8], lease: i64) -> Vec<u8> {
+    [prefix, format!("{lease:x}").as_bytes()].concat()
 }
 
 /// A request op.

@@ -27,7 +27,7 @@ use concord_proto::v3lockpb::{
 use tonic::{Request, Response, Status};
 
 use super::Core;
-use super::local::Local;
+use super::local::{Local, owner_key, queue_prefix};
 use crate::error::{Error, Result};
 
 /// The Lock service adapter.
@@ -43,10 +43,7 @@ impl LockService {
     }
 
     async fn lock(&self, r: LockRequest) -> Result<LockResponse> {
-        if r.lease == 0 {
-            return Err(Error::LeaseRequired);
-        }
-        let prefix = [r.name.as_slice(), b"/"].concat();
+        let prefix = queue_prefix(&r.name);
         let key = owner_key(&prefix, r.lease);
         let won = self
             .local
@@ -64,12 +61,6 @@ impl LockService {
             header: self.local.core().header(resp.header),
         })
     }
-}
-
-/// A contender's key: `prefix` (`name/`) and its lease in hex, as etcd's Go concurrency package
-/// writes it.
-pub fn owner_key(prefix: &[u8], lease: i64) -> Vec<u8> {
-    [prefix, format!("{lease:x}").as_bytes()].concat()
 }
 
 #[tonic::async_trait]
