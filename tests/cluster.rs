@@ -9,153 +9,15 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::cluster::{
+    ELECTION, Member, assert_converged, client, get, leader, put_retrying, shutdown, start,
+    start_again, stop,
+};
 use common::linearizable;
-use concord::store::{Server, ServerConfig};
-use etcd_client::{Client, GetOptions};
-
-/// How long an election may take (default timings in tests: 1 s election timeout).
-const ELECTION: Duration = Duration::from_secs(10);
-
-struct Member {
-    config: ServerConfig,
-    server: Option<Server>,
-    _dir: tempfile::TempDir,
-}
-
-impl Member {
-    fn server(&self) -> &Server {
-        self.server.as_ref().expect("running")
-    }
-
-    fn endpoint(&self) -> String {
-        self.server().client_addr().to_string()
-    }
-
-    fn id_and_leader(&self) -> (u64, u64) {
-        let status = self.server().node_status();
-        let leader = status.leader.load(std::sync::atomic::Ordering::Relaxed);
-        (self.config.member_id(), leader)
-    }
-}
-
-fn free_port() -> u16 {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().port()
-}
-
-/// Configurations of `n` members on free 127.0.0.1 ports, each knowing all the others.
-fn configs(n: usize) -> Vec<(ServerConfig, tempfile::TempDir)> {
-    let peers: Vec<(String, u16)> = (0..n).map(|i| (format!("m{i}"), free_port())).collect();
-    let cluster: Vec<(String, Vec<String>)> = peers
-        .iter()
-        .map(|(name, port)| (name.clone(), vec![format!("http://127.0.0.1:{port}")]))
-        .collect();
-    peers
-        .iter()
-        .map(|(name, port)| {
-            let dir = tempfile::tempdir().unwrap();
-            let config = ServerConfig {
-                name: name.clone(),
-                listen_peer: vec![SocketAddr::from(([127, 0, 0, 1], *port))],
-                advertise_peer_urls: vec![format!("http://127.0.0.1:{port}")],
-                initial_cluster: cluster.clone(),
-                ..ServerConfig::for_test(dir.path())
-            };
-            (config, dir)
-        })
-        .collect()
-}
-
-async fn start(n: usize) -> Vec<Member> {
-    let starts = configs(n).into_iter().map(|(config, dir)| async move {
-        let server = Server::start(config.clone()).await.unwrap();
-        Member {
-            config,
-            server: Some(server),
-            _dir: dir,
-        }
-    });
-    futures::future::join_all(starts).await
-}
-
-/// Waits until every running member names the same leader; its index.
-async fn leader(members: &[Member]) -> usize {
-    let deadline = Instant::now() + ELECTION;
-    loop {
-        let running: Vec<(usize, (u64, u64))> = members
-            .iter()
-            .enumerate()
-            .filter(|(_, m)| m.server.is_some())
-            .map(|(i, m)| (i, m.id_and_leader()))
-            .collect();
-        let first = running[0].1.1;
-        let agreed = first != 0 && running.iter().all(|(_, (_, l))| *l == first);
-        if let Some((i, _)) = running.iter().find(|(_, (id, _))| agreed && *id == first) {
-            return *i;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no agreed leader: {running:x?} (member id, leader id)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn client(member: &Member) -> Client {
-    Client::connect([member.endpoint()], None).await.unwrap()
-}
-
-/// Puts, retrying while the cluster has no leader (an election is under way).
-async fn put_retrying(member: &Member, key: &str, value: &str) -> i64 {
-    let deadline = Instant::now() + ELECTION;
-    let mut c = client(member).await;
-    loop {
-        match c.put(key, value, None).await {
-            Ok(resp) => return resp.header().unwrap().revision(),
-            Err(e) => {
-                assert!(Instant::now() < deadline, "the put never succeeded: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Reads `key`, retrying while the cluster has no leader.
-async fn get(member: &Member, key: &str, serializable: bool) -> Option<String> {
-    let options = serializable.then(|| GetOptions::new().with_serializable());
-    let deadline = Instant::now() + ELECTION;
-    let mut c = client(member).await;
-    loop {
-        match c.get(key, options.clone()).await {
-            Ok(resp) => {
-                return resp
-                    .kvs()
-                    .first()
-                    .map(|kv| kv.value_str().unwrap().to_string());
-            }
-            Err(e) => {
-                assert!(Instant::now() < deadline, "the get never succeeded: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Stops a member (the client port is kept for its restart).
-async fn stop(member: &mut Member) {
-    let server = member.server.take().expect("running");
-    member.config.listen_client = vec![server.client_addr()];
-    server.shutdown().await.unwrap();
-}
-
-/// Starts a stopped member again on its data and its client port.
-async fn start_again(member: &mut Member) {
-    member.server = Some(Server::start(member.config.clone()).await.unwrap());
-}
+use concord::store::Server;
 
 /// The stories share the machine's two cores: one cluster at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,28 +132,7 @@ async fn three_members_replicate_fail_over_and_converge() {
     );
 
     // Every member applied the same history.
-    let mut hashes = Vec::new();
-    for member in &members {
-        let deadline = Instant::now() + ELECTION;
-        let mut c = client(member).await;
-        loop {
-            // Wait until this member has applied the last write, then hash at that revision.
-            let got = c
-                .get("greeting", Some(GetOptions::new().with_serializable()))
-                .await
-                .unwrap();
-            if got.header().unwrap().revision() >= revision {
-                break;
-            }
-            assert!(Instant::now() < deadline, "a member never caught up");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        hashes.push(c.hash_kv(revision).await.unwrap().hash());
-    }
-    assert!(
-        hashes.windows(2).all(|w| w[0] == w[1]),
-        "HashKV differs between members: {hashes:?}"
-    );
+    assert_converged(&members, revision).await;
 
     // MoveLeader: the leader hands leadership to a follower; a member that does not lead is told
     // so, as etcd tells it.
@@ -332,11 +173,7 @@ async fn three_members_replicate_fail_over_and_converge() {
             .contains("belongs to a cluster of members"),
         "{refused}"
     );
-    for member in members {
-        if let Some(server) = member.server {
-            server.shutdown().await.unwrap();
-        }
-    }
+    shutdown(members).await;
 }
 
 /// Concurrent clients spread over the members run random operations on three keys while the
@@ -387,9 +224,5 @@ async fn a_history_across_a_leader_failover_is_linearizable() {
             v.key, v.events
         );
     }
-    for member in members {
-        if let Some(server) = member.server {
-            server.shutdown().await.unwrap();
-        }
-    }
+    shutdown(members).await;
 }

@@ -82,6 +82,26 @@ impl StateMachine {
         &self.kv
     }
 
+    /// Replaces the whole state with a snapshot's `records` covering Raft index `index`
+    /// (`raft/snapshot.rs`), in one atomic sled batch with `extra` records, then rebuilds the
+    /// lease table and the members from it. raft-rs hands a member only snapshots newer than
+    /// what it committed, so one older than the applied state is a bug.
+    pub fn restore(
+        &mut self,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        index: u64,
+        extra: &[(&[u8], Vec<u8>)],
+    ) -> Result<()> {
+        assert!(
+            index > self.applied(),
+            "a snapshot at {index} is not newer than the applied index {}",
+            self.applied()
+        );
+        self.kv.restore(records, index, extra)?;
+        self.lessor.reload(&self.kv)?;
+        self.members.reload(&self.kv)
+    }
+
     /// Applies a run of committed entries in one [`WriteBatch`]: one exclusive section for readers.
     /// The changes reach sled later, in one atomic batch with the applied index
     /// ([`KvStore::write_back`]). Returns the results callers may be waiting for (readable once

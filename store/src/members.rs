@@ -55,17 +55,17 @@ impl Members {
     /// The members of `peers`, with what they published so far (read from `kv`); `me` is this
     /// member.
     pub fn open(kv: &KvStore, peers: HashMap<u64, Vec<String>>, me: Attributes) -> Result<Members> {
-        let mut published = BTreeMap::new();
-        for record in kv.tree().scan_prefix(PREFIX) {
-            let (_, value) = record?;
-            let attributes = Attributes::decode(&value[..])?;
-            published.insert(attributes.id, attributes);
-        }
         Ok(Members {
             peers,
             me: RwLock::new(me),
-            published: RwLock::new(published),
+            published: RwLock::new(load(kv)?),
         })
+    }
+
+    /// Reads what members published back from `kv`, after a snapshot replaced its state.
+    pub fn reload(&self, kv: &KvStore) -> Result<()> {
+        *self.published.write() = load(kv)?;
+        Ok(())
     }
 
     /// Applies a member's published attributes (part of applying an entry).
@@ -110,6 +110,17 @@ impl Members {
             })
             .collect()
     }
+}
+
+/// The published attributes stored in `kv`.
+fn load(kv: &KvStore) -> Result<BTreeMap<u64, Attributes>> {
+    let mut published = BTreeMap::new();
+    for record in kv.tree().scan_prefix(PREFIX) {
+        let (_, value) = record?;
+        let attributes = Attributes::decode(&value[..])?;
+        published.insert(attributes.id, attributes);
+    }
+    Ok(published)
 }
 
 /// `http://host:port` as `host:port` (see the module doc); other URLs as given.

@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::lease::{Lessor, keeper};
 use crate::members::{Attributes, Members};
 use crate::mvcc::KvStore;
+use crate::raft::faults::Faults;
 use crate::raft::node::{Node, NodeConfig, NodeHandle};
 use crate::raft::proposal::Command;
 use crate::raft::storage::RaftStorage;
@@ -73,6 +74,8 @@ pub struct Server {
     hub: Arc<Hub>,
     /// The lease keeper task (see `lease::keeper`).
     keeper: Option<tokio::task::JoinHandle<()>>,
+    /// Faults a test injects into this member's Raft traffic (`raft/faults.rs`).
+    faults: Arc<Faults>,
 }
 
 impl Server {
@@ -112,7 +115,9 @@ impl Server {
             voters: voters.clone(),
             ..Default::default()
         };
-        let transport = (peers.len() > 1).then(|| Transport::start(member_id, cluster_id, &peers));
+        let faults = Arc::new(Faults::default());
+        let transport = (peers.len() > 1)
+            .then(|| Transport::start(member_id, cluster_id, &peers, faults.clone()));
         let mut storage = RaftStorage::open(db.open_tree("raft")?, &state, bootstrap)?;
         let mut stored = storage.voters().to_vec();
         stored.sort_unstable();
@@ -132,6 +137,7 @@ impl Server {
             election_ticks: config.election_ticks(),
             request_timeout: config.request_timeout(),
             snapshot_count: config.snapshot_count,
+            faults: faults.clone(),
         };
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let (node, handle) = Node::new(
@@ -209,6 +215,7 @@ impl Server {
                     peers.keys().copied(),
                     deliver,
                     peer_stop_rx.clone(),
+                    faults.clone(),
                 );
                 peer_listeners.push(tokio::spawn(serve_peers(
                     listener,
@@ -255,6 +262,7 @@ impl Server {
             watch_threads,
             hub,
             keeper: Some(keeper),
+            faults,
         })
     }
 
@@ -276,6 +284,12 @@ impl Server {
     /// Live numbers about the Raft node (term, leader, commit, applied, log bounds).
     pub fn node_status(&self) -> &crate::raft::node::NodeStatus {
         self.node.status()
+    }
+
+    /// This member's fault plan (`raft/faults.rs`): for tests that partition members, lose,
+    /// duplicate or delay their messages, or switch on the stale-read bug.
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.faults
     }
 
     /// How many watchers are open, and how many of them are catching up from history.

@@ -55,6 +55,7 @@
 // Each test file compiles its own copy of this module and uses only part of it.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod linearizable;
 
 use std::ffi::OsString;

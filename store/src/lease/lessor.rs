@@ -146,6 +146,35 @@ impl State {
     }
 }
 
+/// Reads the lease table back from the lease records and the leased keys of `kv`.
+fn load(kv: &KvStore) -> Result<State> {
+    let mut state = State::default();
+    for item in kv.tree().scan_prefix(LEASE_PREFIX) {
+        let (_, value) = item?;
+        let record = LeaseRecord::decode(&value[..])?;
+        state.leases.insert(
+            record.id,
+            Lease {
+                ttl: record.ttl,
+                remaining: record.remaining_ttl,
+                keys: BTreeSet::new(),
+                deadline: None,
+                revoking: false,
+                renewals: 0,
+            },
+        );
+    }
+    for (key, lease) in kv.leased_keys()? {
+        if !state.leases.contains_key(&lease) {
+            return Err(Error::Corrupt(format!(
+                "key {key:?} is attached to lease {lease:x}, which has no record"
+            )));
+        }
+        state.attach(&key, lease);
+    }
+    Ok(state)
+}
+
 /// The lease table (see the module doc).
 #[derive(Debug)]
 pub struct Lessor {
@@ -157,34 +186,23 @@ pub struct Lessor {
 impl Lessor {
     /// Rebuilds the table from the lease records and the leased keys of `kv`.
     pub fn open(kv: &KvStore, min_ttl: i64) -> Result<Self> {
-        let mut state = State::default();
-        for item in kv.tree().scan_prefix(LEASE_PREFIX) {
-            let (_, value) = item?;
-            let record = LeaseRecord::decode(&value[..])?;
-            state.leases.insert(
-                record.id,
-                Lease {
-                    ttl: record.ttl,
-                    remaining: record.remaining_ttl,
-                    keys: BTreeSet::new(),
-                    deadline: None,
-                    revoking: false,
-                    renewals: 0,
-                },
-            );
-        }
-        for (key, lease) in kv.leased_keys()? {
-            if !state.leases.contains_key(&lease) {
-                return Err(Error::Corrupt(format!(
-                    "key {key:?} is attached to lease {lease:x}, which has no record"
-                )));
-            }
-            state.attach(&key, lease);
-        }
         Ok(Lessor {
-            state: Mutex::new(state),
+            state: Mutex::new(load(kv)?),
             min_ttl,
         })
+    }
+
+    /// Rebuilds the table from `kv` after a snapshot replaced its state (`raft/snapshot.rs`).
+    /// Only a follower installs snapshots, so the new table keeps no deadlines.
+    pub fn reload(&self, kv: &KvStore) -> Result<()> {
+        let fresh = load(kv)?;
+        let mut state = self.state.lock();
+        debug_assert!(
+            state.primary.is_none(),
+            "a leader never installs a snapshot"
+        );
+        *state = fresh;
+        Ok(())
     }
 
     /// The TTL a grant asking for `ttl` gets (raised to the minimum), or etcd's error.

@@ -125,44 +125,7 @@ pub struct KvStore {
 impl KvStore {
     /// Opens the store on `tree` and rebuilds the index from the history it holds.
     pub fn open(tree: sled::Tree) -> Result<Self> {
-        let applied = read_i64(&tree, META_APPLIED)?.unwrap_or(0) as u64;
-        let compacted = read_i64(&tree, META_COMPACT)?.unwrap_or(NEVER_COMPACTED);
-        // A store compacted before this record existed: whether its compaction dropped a delete
-        // is unknown, so assume it did.
-        let history_from = match read_i64(&tree, META_HISTORY_FROM)? {
-            Some(rev) => rev,
-            None if compacted == NEVER_COMPACTED => NEVER_COMPACTED,
-            None => compacted + 1,
-        };
-        let mut state = IndexState {
-            index: TreeIndex::default(),
-            current: read_i64(&tree, META_REV)?.unwrap_or(1),
-            compacted,
-            history_from,
-            applied,
-            written: applied,
-            unwritten: HashMap::new(),
-            unwritten_meta: BTreeMap::new(),
-        };
-        for item in tree.scan_prefix([HISTORY_PREFIX]) {
-            let (k, v) = item?;
-            let rev =
-                Revision::from_key(&k).ok_or_else(|| Error::Corrupt("bad history key".into()))?;
-            let (tombstone, kv) = decode_record(&v)?;
-            if tombstone {
-                state.index.tombstone(&kv.key, rev);
-            } else {
-                state
-                    .index
-                    .restore(&kv.key, rev, kv.create_revision, kv.version);
-            }
-            if rev.main > state.current {
-                return Err(Error::Corrupt(format!(
-                    "history record {rev:?} is newer than the stored revision {}",
-                    state.current
-                )));
-            }
-        }
+        let state = load_state(&tree)?;
         Ok(KvStore {
             tree,
             state: RwLock::new(state),
@@ -170,6 +133,92 @@ impl KvStore {
         })
     }
 
+    /// Replaces the whole state with a snapshot's `records` (`raft/snapshot.rs`), which must cover
+    /// Raft index `applied`: the tree's old records go and the new ones arrive in **one** atomic
+    /// sled batch, with `extra` records, and the index is rebuilt from them. Changes not yet
+    /// written back are dropped: the snapshot is newer than all of them. Only the apply loop calls
+    /// this.
+    pub fn restore(
+        &self,
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        applied: u64,
+        extra: &[(&[u8], Vec<u8>)],
+    ) -> Result<()> {
+        let covers = records
+            .iter()
+            .find(|(k, _)| k.as_slice() == META_APPLIED)
+            .and_then(|(_, v)| <[u8; 8]>::try_from(v.as_slice()).ok())
+            .map(|v| i64::from_be_bytes(v) as u64);
+        if covers != Some(applied) {
+            return Err(Error::Corrupt(format!(
+                "a snapshot for index {applied} holds the state of index {covers:?}"
+            )));
+        }
+        let mut state = self.state.write();
+        let mut batch = sled::Batch::default();
+        let keep: std::collections::HashSet<&[u8]> =
+            records.iter().map(|(k, _)| k.as_slice()).collect();
+        for item in self.tree.iter().keys() {
+            let key = item?;
+            if !keep.contains(&key[..]) {
+                batch.remove(key);
+            }
+        }
+        for (key, value) in &records {
+            batch.insert(key.as_slice(), value.as_slice());
+        }
+        for (key, value) in extra {
+            batch.insert(*key, value.as_slice());
+        }
+        self.tree.apply_batch(batch)?;
+        *state = load_state(&self.tree)?;
+        Ok(())
+    }
+}
+
+/// Reads the clocks and rebuilds the index from the history records of `tree`.
+fn load_state(tree: &sled::Tree) -> Result<IndexState> {
+    let applied = read_i64(tree, META_APPLIED)?.unwrap_or(0) as u64;
+    let compacted = read_i64(tree, META_COMPACT)?.unwrap_or(NEVER_COMPACTED);
+    // A store compacted before this record existed: whether its compaction dropped a delete
+    // is unknown, so assume it did.
+    let history_from = match read_i64(tree, META_HISTORY_FROM)? {
+        Some(rev) => rev,
+        None if compacted == NEVER_COMPACTED => NEVER_COMPACTED,
+        None => compacted + 1,
+    };
+    let mut state = IndexState {
+        index: TreeIndex::default(),
+        current: read_i64(tree, META_REV)?.unwrap_or(1),
+        compacted,
+        history_from,
+        applied,
+        written: applied,
+        unwritten: HashMap::new(),
+        unwritten_meta: BTreeMap::new(),
+    };
+    for item in tree.scan_prefix([HISTORY_PREFIX]) {
+        let (k, v) = item?;
+        let rev = Revision::from_key(&k).ok_or_else(|| Error::Corrupt("bad history key".into()))?;
+        let (tombstone, kv) = decode_record(&v)?;
+        if tombstone {
+            state.index.tombstone(&kv.key, rev);
+        } else {
+            state
+                .index
+                .restore(&kv.key, rev, kv.create_revision, kv.version);
+        }
+        if rev.main > state.current {
+            return Err(Error::Corrupt(format!(
+                "history record {rev:?} is newer than the stored revision {}",
+                state.current
+            )));
+        }
+    }
+    Ok(state)
+}
+
+impl KvStore {
     /// A consistent read view of the current state.
     pub fn read(&self) -> ReadTxn<'_> {
         ReadTxn {

@@ -35,9 +35,17 @@
 //! raft-rs and answered when the entry is applied here; a read index on a follower is asked of the
 //! leader the same way.
 //!
-//! Left out (replication, in progress): snapshots — so a multi-member log is never compacted (a
-//! member that missed compacted entries could not catch up), and it grows, in memory too, until
-//! snapshots land — and membership changes.
+//! Log compaction and snapshots. Once `--snapshot-count` applied entries (durable in sled) have
+//! accumulated, the log is compacted, keeping the last [`CATCH_UP_ENTRIES`] (or `snapshot_count`,
+//! if smaller) so that a follower a little behind still catches up from the log, as etcd keeps
+//! 5,000. A follower further behind gets a snapshot: raft-rs asks storage for one, the loop makes it
+//! at the end of the turn (`snapshot.rs`), and the transport streams it. A follower installs a
+//! snapshot in the Ready that carries it, before applying anything else: the state machine's whole
+//! state, its applied index and the conf state in one sled batch, then the log reset, then one
+//! flush; watchers catch up on the jump from history. The transport's verdict on each snapshot it
+//! sent is reported to raft-rs (`report_snapshot`), or the follower's progress would stall.
+//!
+//! Left out (replication, in progress): membership changes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,12 +54,14 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use prost::Message as _;
-use raft::eraftpb::{Entry, Message};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{Entry, Message, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
+use super::faults::Faults;
 use super::proposal::{Command, IdGen, Proposal, Response, Waiters};
-use super::storage::RaftStorage;
+use super::snapshot;
+use super::storage::{KEY_CONF_STATE, KEY_INSTALLED, RaftStorage, encode_index_term};
 use super::transport::Transport;
 use crate::apply::StateMachine;
 use crate::error::{Error, Result};
@@ -62,6 +72,9 @@ use crate::watch::threads::EventSink;
 const SLOW_TURN: Duration = Duration::from_millis(100);
 /// Most messages handled in one turn before the loop works on what it has.
 const MAX_MSGS_PER_TURN: usize = 8192;
+/// Entries kept in the log after a compaction, for followers slightly behind (etcd's
+/// `SnapshotCatchUpEntries`); at most `snapshot_count`.
+pub const CATCH_UP_ENTRIES: u64 = 5_000;
 
 /// Requests to the node loop.
 pub enum Msg {
@@ -93,6 +106,10 @@ pub struct NodeStatus {
     /// The first entry still in the Raft log (entries before it were compacted away).
     pub first_index: AtomicU64,
     pub last_index: AtomicU64,
+    /// Snapshots this member made for followers, since it started.
+    pub snapshots_made: AtomicU64,
+    /// Snapshots this member installed, since it started.
+    pub snapshots_installed: AtomicU64,
 }
 
 /// Timing of the loop, from the server flags.
@@ -108,6 +125,8 @@ pub struct NodeConfig {
     pub request_timeout: Duration,
     /// Compact the Raft log after this many applied entries.
     pub snapshot_count: u64,
+    /// The member's fault plan (tests: `faults.rs`).
+    pub faults: Arc<Faults>,
 }
 
 /// A cloneable handle to the node loop.
@@ -213,6 +232,8 @@ pub struct Node {
     transport: Option<Transport>,
     /// A leadership transfer under way: its target, its caller, and until when it may take.
     transfer: Option<(u64, oneshot::Sender<Result<()>>, Instant)>,
+    /// A test's fault plan; here, only its stale-read bug matters (`faults.rs`).
+    faults: Arc<Faults>,
 }
 
 impl Node {
@@ -227,6 +248,7 @@ impl Node {
         logger: &slog::Logger,
     ) -> Result<(Node, NodeHandle)> {
         let applied = sm.applied();
+        let faults = config.faults.clone();
         let raft_config = raft::Config {
             id: config.id,
             election_tick: config.election_ticks,
@@ -276,6 +298,7 @@ impl Node {
             promote_pending,
             transport,
             transfer: None,
+            faults,
         };
         node.maybe_promote();
         node.publish_status();
@@ -307,6 +330,14 @@ impl Node {
                 for peer in transport.take_unreachable() {
                     self.raw.report_unreachable(peer);
                 }
+                for (peer, sent) in transport.take_snapshot_reports() {
+                    let status = if sent {
+                        SnapshotStatus::Finish
+                    } else {
+                        SnapshotStatus::Failure
+                    };
+                    self.raw.report_snapshot(peer, status);
+                }
             }
             if now >= next_tick {
                 self.raw.tick();
@@ -321,6 +352,9 @@ impl Node {
                 break Err(e);
             }
             self.check_transfer();
+            if let Err(e) = self.maybe_make_snapshot() {
+                break Err(e);
+            }
             let ready_took = turn.elapsed();
             if let Err(e) = self.maybe_write_back(now) {
                 break Err(e);
@@ -359,7 +393,10 @@ impl Node {
         match msg {
             Msg::Propose { command, reply } => self.propose(command, reply),
             Msg::ReadIndex { reply } => {
-                if self.raw.raft.leader_id == raft::INVALID_ID {
+                if self.faults.stale_reads() {
+                    // The bug a test switches on: local state, no read index (see `faults.rs`).
+                    let _ = reply.send(Ok(()));
+                } else if self.raw.raft.leader_id == raft::INVALID_ID {
                     let _ = reply.send(Err(Error::NoLeader));
                 } else {
                     self.reads.queued.push(reply);
@@ -502,10 +539,9 @@ impl Node {
             self.on_leader_change(ss.leader_id, ss.raft_state);
         }
         self.send(ready.take_messages());
-        assert!(
-            ready.snapshot().is_empty(),
-            "no snapshot is ever sent: storage.rs never makes one (see the module doc)"
-        );
+        if !ready.snapshot().is_empty() {
+            self.install_snapshot(ready.snapshot())?;
+        }
         self.apply(ready.take_committed_entries())?;
         let hs = ready.hs().cloned();
         if !ready.entries().is_empty() || hs.is_some() {
@@ -610,18 +646,70 @@ impl Node {
         }
     }
 
-    /// Compacts the Raft log once `snapshot_count` durable applied entries have accumulated.
-    /// Not with other voters yet: a member that missed compacted entries needs a snapshot, which
-    /// this version cannot send (see the module doc), so the log is kept whole.
+    /// Compacts the Raft log once `snapshot_count` durable applied entries have accumulated,
+    /// keeping the last few for followers slightly behind (see the module doc).
     fn maybe_compact_log(&mut self) -> Result<()> {
         let store = self.raw.store();
-        if store.voters().len() > 1 {
-            return Ok(());
-        }
-        let target = self.durable_applied.min(store.hard_state().commit);
+        let keep = CATCH_UP_ENTRIES.min(self.config.snapshot_count);
+        let target = self
+            .durable_applied
+            .min(store.hard_state().commit)
+            .saturating_sub(keep);
         if target >= store.first_index() + self.config.snapshot_count {
             self.raw.mut_store().compact(target)?;
         }
+        Ok(())
+    }
+
+    /// Makes a snapshot of the applied state if raft-rs asked for one this turn (see the module
+    /// doc of `storage.rs`). Written back first, so the state tree is exactly the applied state.
+    fn maybe_make_snapshot(&mut self) -> Result<()> {
+        if !self.raw.store().take_snapshot_request() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.sm.kv().write_back()?;
+        self.last_write_back = Instant::now();
+        let applied = self.sm.applied();
+        let term = self.raw.store().term_at(applied)?;
+        let data = snapshot::encode(self.sm.kv().tree())?;
+        let bytes = data.len();
+        let mut snap = Snapshot::default();
+        snap.set_data(data.into());
+        let meta = snap.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(self.raw.store().conf_state().clone());
+        self.raw.mut_store().set_snapshot(snap);
+        self.status.snapshots_made.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(index = applied, term, bytes, took = ?started.elapsed(), "made a snapshot");
+        Ok(())
+    }
+
+    /// Installs a snapshot from the leader (see the module doc).
+    fn install_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let started = Instant::now();
+        let meta = snap.get_metadata();
+        let records = snapshot::decode(snap.get_data())?;
+        let extra = [
+            (KEY_INSTALLED, encode_index_term(meta.index, meta.term)),
+            (
+                KEY_CONF_STATE,
+                protobuf::Message::write_to_bytes(meta.get_conf_state())?,
+            ),
+        ];
+        self.sm.restore(records, meta.index, &extra)?;
+        self.raw.mut_store().apply_snapshot(meta)?;
+        self.flush()?;
+        self.status
+            .applied
+            .store(self.sm.applied(), Ordering::Relaxed);
+        self.events.restored(self.sm.kv().current_revision());
+        self.status
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(index = meta.index, term = meta.term, bytes = snap.get_data().len(),
+            took = ?started.elapsed(), "installed a snapshot");
         Ok(())
     }
 

@@ -13,7 +13,7 @@
 //! ```
 //!
 //! The conf state is part of the replicated state, so it lives in the `state` tree (key
-//! `m/confstate`).
+//! `m/confstate`), as does the index and term of the last snapshot installed (`m/installed`).
 //!
 //! Rules the node loop relies on:
 //! - [`RaftStorage::persist`] writes new entries and the hard state in **one** batch. New entries
@@ -26,14 +26,23 @@
 //!   thousand entries never stalls one turn of the loop. Chunks (or parts of a chunk) at or below
 //!   the truncation point are skipped when the log is read back on start.
 //!
-//! Left out (replication, a later issue): [`Storage::snapshot`] answers
-//! `SnapshotTemporarilyUnavailable`. A lone voter never needs a snapshot: raft-rs asks for one only
-//! to catch up a follower whose entries were compacted away.
+//! Snapshots (`snapshot.rs`). raft-rs asks [`Storage::snapshot`] for one when a follower needs
+//! entries that were compacted away. Making one means copying the state tree, which only the node
+//! loop may do, so the first request answers `SnapshotTemporarilyUnavailable` and raises a flag;
+//! the loop makes the snapshot at the end of its turn ([`RaftStorage::set_snapshot`]) and raft-rs,
+//! asking again at the next heartbeat, gets it. A snapshot older than the log's truncation point
+//! is useless (the follower could not continue from it) and is made anew.
+//!
+//! Installing one ([`RaftStorage::apply_snapshot`]) happens after the state machine replaced its
+//! state and recorded `m/installed` in the same sled batch: the log is reset to start after the
+//! snapshot. If a crash falls between the two batches, [`RaftStorage::open`] sees a log that does
+//! not reach the installed snapshot and resets it then.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfState, Entry, HardState, Snapshot};
+use raft::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
 use crate::error::{Error, Result};
@@ -46,6 +55,8 @@ const KEY_HARD_STATE: &[u8] = b"m/hardstate";
 const KEY_SNAPSHOT: &[u8] = b"m/snapshot";
 /// State tree key of the conf state.
 pub const KEY_CONF_STATE: &[u8] = b"m/confstate";
+/// State tree key of the last snapshot installed: index (u64 BE) + term (u64 BE).
+pub const KEY_INSTALLED: &[u8] = b"m/installed";
 /// Most compacted chunks one persist removes from sled.
 const REMOVALS_PER_PERSIST: usize = 32;
 
@@ -97,6 +108,28 @@ pub struct RaftStorage {
     compacted_chunks: Vec<u64>,
     /// Whether the truncation record in sled is behind `truncated`.
     truncation_unwritten: bool,
+    /// The latest snapshot made, for followers that need one.
+    snapshot: Option<Snapshot>,
+    /// raft-rs asked for a snapshot newer than `snapshot` (see the module doc).
+    snapshot_wanted: Cell<bool>,
+}
+
+/// Index and term encoded as 16 bytes (the truncation and installed records).
+pub fn encode_index_term(index: u64, term: u64) -> Vec<u8> {
+    let mut record = index.to_be_bytes().to_vec();
+    record.extend_from_slice(&term.to_be_bytes());
+    record
+}
+
+fn decode_index_term(bytes: &[u8]) -> Result<(u64, u64)> {
+    let (index, term) = bytes
+        .split_first_chunk::<8>()
+        .filter(|(_, rest)| rest.len() == 8)
+        .ok_or_else(|| Error::Corrupt("bad index and term record".into()))?;
+    Ok((
+        u64::from_be_bytes(*index),
+        u64::from_be_bytes(term.try_into().expect("8 bytes")),
+    ))
 }
 
 impl RaftStorage {
@@ -115,11 +148,11 @@ impl RaftStorage {
             }
         };
         let truncated = match log.get(KEY_SNAPSHOT)? {
-            Some(bytes) if bytes.len() == 16 => (
-                u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
-                u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes")),
-            ),
-            Some(_) => return Err(Error::Corrupt("bad log truncation record".into())),
+            Some(bytes) => decode_index_term(&bytes)?,
+            None => (0, 0),
+        };
+        let installed = match state.get(KEY_INSTALLED)? {
+            Some(bytes) => decode_index_term(&bytes)?,
             None => (0, 0),
         };
         let mut storage = RaftStorage {
@@ -131,9 +164,83 @@ impl RaftStorage {
             chunks: BTreeMap::new(),
             compacted_chunks: Vec::new(),
             truncation_unwritten: false,
+            snapshot: None,
+            snapshot_wanted: Cell::new(false),
         };
         storage.load()?;
+        let (index, term) = installed;
+        let reaches = index <= storage.last_index() && storage.term_of(index).ok() == Some(term);
+        if index > storage.truncated.0 && !reaches {
+            // A crash between installing a snapshot and resetting the log (see the module doc).
+            tracing::info!(
+                index,
+                term,
+                "resetting the raft log to the installed snapshot"
+            );
+            let mut batch = sled::Batch::default();
+            storage.reset_to(index, term, &mut batch);
+            storage.hard_state.commit = storage.hard_state.commit.max(index);
+            batch.insert(KEY_HARD_STATE, storage.hard_state.write_to_bytes()?);
+            storage.clean_up(&mut batch);
+            storage.log.apply_batch(batch)?;
+        }
         Ok(storage)
+    }
+
+    /// Empties the log so that it starts right after `index` (of `term`): chunks holding entries
+    /// above it are removed in `batch` (read back, they would follow the new truncation point),
+    /// the others later, like compacted ones.
+    fn reset_to(&mut self, index: u64, term: u64, batch: &mut sled::Batch) {
+        for (first, last) in std::mem::take(&mut self.chunks) {
+            if last > index {
+                batch.remove(&chunk_key(first));
+            } else {
+                self.compacted_chunks.push(first);
+            }
+        }
+        self.entries.clear();
+        self.truncated = (index, term);
+        self.truncation_unwritten = true;
+    }
+
+    /// Resets the log after the state machine installed the snapshot `meta` describes (see the
+    /// module doc). The hard state's commit index moves up to the snapshot.
+    pub fn apply_snapshot(&mut self, meta: &SnapshotMetadata) -> Result<()> {
+        assert!(
+            meta.index > self.truncated.0,
+            "snapshot {} is older than the log's start {}",
+            meta.index,
+            self.first_index()
+        );
+        let mut batch = sled::Batch::default();
+        self.reset_to(meta.index, meta.term, &mut batch);
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state.commit = self.hard_state.commit.max(meta.index);
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        batch.insert(KEY_HARD_STATE, self.hard_state.write_to_bytes()?);
+        self.clean_up(&mut batch);
+        self.log.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Whether raft-rs asked for a snapshot that is not there yet; clears the request.
+    pub fn take_snapshot_request(&self) -> bool {
+        self.snapshot_wanted.replace(false)
+    }
+
+    /// Keeps `snapshot` (made by the node loop) for followers that need one.
+    pub fn set_snapshot(&mut self, snapshot: Snapshot) {
+        self.snapshot = Some(snapshot);
+    }
+
+    /// The conf state as of the applied index (what a snapshot made now describes).
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The term of entry `index`, if the log still knows it.
+    pub fn term_at(&self, index: u64) -> Result<u64> {
+        self.term_of(index)
     }
 
     /// Reads every chunk back, checking that the log has no holes (a damaged data dir is refused,
@@ -307,8 +414,7 @@ impl RaftStorage {
     /// disappears before the record that says it is no longer needed).
     fn clean_up(&mut self, batch: &mut sled::Batch) {
         if self.truncation_unwritten {
-            let mut record = self.truncated.0.to_be_bytes().to_vec();
-            record.extend_from_slice(&self.truncated.1.to_be_bytes());
+            let record = encode_index_term(self.truncated.0, self.truncated.1);
             batch.insert(KEY_SNAPSHOT, record);
             self.truncation_unwritten = false;
         }
@@ -404,10 +510,17 @@ impl raft::Storage for RaftStorage {
         Ok(self.last_index())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        Err(raft::Error::Store(
-            StorageError::SnapshotTemporarilyUnavailable,
-        ))
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let usable = request_index.max(self.truncated.0);
+        match &self.snapshot {
+            Some(snapshot) if snapshot.get_metadata().index >= usable => Ok(snapshot.clone()),
+            _ => {
+                self.snapshot_wanted.set(true);
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
     }
 }
 
@@ -590,6 +703,97 @@ mod tests {
         let s = open(&db);
         assert_eq!((s.first_index(), s.last_index()), (4, 4));
         assert_eq!(s.entries(4, 5, None, ctx()).unwrap()[0].term, 2);
+    }
+
+    fn snapshot_meta(index: u64, term: u64) -> SnapshotMetadata {
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.mut_conf_state().voters = vec![1, 2, 3];
+        meta
+    }
+
+    /// Worked example: a follower holds entries 1..=6 (the last two from a deposed leader's term)
+    /// and installs a snapshot at 8 of term 3. Its log then starts at 9, entries 5..=6 are gone
+    /// at once (read back, they would sit past the new start), and new entries attach after 8.
+    /// A second snapshot right behind the first (raft-rs may send two back to back) resets again.
+    #[test]
+    fn installing_a_snapshot_resets_the_log_past_it() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut s = open(&db);
+        s.persist(&[entry(1, 1), entry(2, 1), entry(3, 1), entry(4, 1)], None)
+            .unwrap();
+        s.persist(&[entry(5, 2), entry(6, 2)], None).unwrap();
+        s.apply_snapshot(&snapshot_meta(8, 3)).unwrap();
+        assert_eq!((s.first_index(), s.last_index()), (9, 8));
+        assert_eq!(Storage::term(&s, 8).unwrap(), 3);
+        assert_eq!(s.hard_state().commit, 8);
+        assert_eq!(s.initial_state().unwrap().conf_state.voters, vec![1, 2, 3]);
+        s.persist(&[entry(9, 3)], None).unwrap();
+        s.apply_snapshot(&snapshot_meta(10, 3)).unwrap();
+        s.persist(&[entry(11, 3)], None).unwrap();
+        drop(s);
+        let s = open(&db);
+        assert_eq!((s.first_index(), s.last_index()), (11, 11));
+        assert_eq!(terms(&s, 11, 12), vec![3]);
+    }
+
+    /// A crash after the state machine recorded an installed snapshot but before the log was
+    /// reset: opening the log resets it then.
+    #[test]
+    fn a_log_behind_the_installed_snapshot_is_reset_on_open() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut s = open(&db);
+        s.persist(&[entry(1, 1), entry(2, 1)], None).unwrap();
+        drop(s);
+        let state = db.open_tree("state").unwrap();
+        state
+            .insert(KEY_INSTALLED, encode_index_term(7, 2))
+            .unwrap();
+        let s = open(&db);
+        assert_eq!((s.first_index(), s.last_index()), (8, 7));
+        assert_eq!(Storage::term(&s, 7).unwrap(), 2);
+        assert_eq!(s.hard_state().commit, 7);
+        drop(s);
+        let s = open(&db);
+        assert_eq!(
+            (s.first_index(), s.last_index()),
+            (8, 7),
+            "and it stays reset"
+        );
+    }
+
+    /// raft-rs's first request finds no snapshot: it is told to come back and the loop is asked
+    /// to make one; one older than the log's start is not served.
+    #[test]
+    fn snapshot_requests_are_deferred_to_the_loop() {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let mut s = open(&db);
+        s.persist(&(1..=5).map(|i| entry(i, 1)).collect::<Vec<_>>(), None)
+            .unwrap();
+        let unavailable = |r: raft::Result<Snapshot>| {
+            matches!(
+                r,
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable
+                ))
+            )
+        };
+        assert!(unavailable(Storage::snapshot(&s, 0, 2)));
+        assert!(s.take_snapshot_request());
+        assert!(!s.take_snapshot_request(), "the request is taken once");
+        let mut snap = Snapshot::default();
+        snap.set_metadata(snapshot_meta(3, 1));
+        s.set_snapshot(snap);
+        assert_eq!(Storage::snapshot(&s, 0, 2).unwrap().get_metadata().index, 3);
+        s.compact(4).unwrap();
+        assert!(
+            unavailable(Storage::snapshot(&s, 0, 2)),
+            "a snapshot behind the log's start is useless"
+        );
+        assert!(s.take_snapshot_request());
     }
 
     #[test]

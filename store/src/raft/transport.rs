@@ -14,15 +14,26 @@
 //! input, so a batch is decoded only once it is known to come from a configured member of this
 //! cluster to this member: its `from` must be a member id, its `to` ours and its cluster id ours,
 //! or the stream is refused before any message is parsed (PermissionDenied). Snapshot messages
-//! are refused too: this version neither makes nor installs snapshots. Each decoded message must then say the same `from` and
-//! `to` as its batch. Batches are limited in size by the server's decoding limit. Accepted messages
-//! go to the node loop through a callback, in order.
+//! are refused on this stream: they travel on their own. Each decoded message must then say the
+//! same `from` and `to` as its batch. Batches are limited in size by the server's decoding limit.
+//! Accepted messages go to the node loop through a callback, in order.
+//!
+//! **Snapshots** travel apart (`Peer/Snapshot`), so that megabytes of state never hold up the
+//! heartbeats and appends queued behind them. [`Transport::send`] takes a `MsgSnapshot` out of the
+//! queue path and streams it from its own task: the message without its data first, then the data
+//! in [`SNAPSHOT_CHUNK`] pieces. The receiver checks the envelope of every chunk like a batch's,
+//! gathers the data, checks it whole (`snapshot.rs`: magic, lengths, checksum) and only then
+//! decodes the message and hands it to the loop. The sender records whether that worked, and the
+//! loop reports it to raft-rs ([`Transport::take_snapshot_reports`]).
+//!
+//! **Faults** (`faults.rs`): each outgoing message is dropped, duplicated or delayed as the
+//! member's test plan says, and messages from partitioned members are ignored on arrival.
 //!
 //! The peer listener also serves the etcd `Lease` service, for the keepalives and TimeToLive
 //! requests followers forward to the leader (`service/forward.rs`).
 //!
-//! Left out: snapshot transfer (`Peer/Snapshot`, with snapshots themselves), TLS between members,
-//! and authenticating the peer beyond the ids it claims (members are trusted, as in etcd without
+//! Left out: TLS between members, resuming a broken snapshot transfer (it starts over), and
+//! authenticating the peer beyond the ids it claims (members are trusted, as in etcd without
 //! peer TLS).
 
 use std::collections::{HashMap, HashSet};
@@ -41,6 +52,9 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::faults::{Fate, Faults};
+use super::snapshot;
+
 /// Messages queued per peer before [`Transport::send`] drops them.
 pub const PEER_QUEUE: usize = 4096;
 /// Most messages written in one batch.
@@ -52,15 +66,25 @@ const BATCH_BYTES: usize = 8 * 1024 * 1024;
 const STREAM_BUFFER: usize = 16;
 /// A stream that lived this long worked: the reconnection backoff starts over after it.
 const STREAM_WORKED: Duration = Duration::from_secs(5);
+/// Snapshot data per chunk.
+pub const SNAPSHOT_CHUNK: usize = 1024 * 1024;
+/// Largest snapshot a member accepts (it is held in memory).
+const MAX_SNAPSHOT_BYTES: usize = 8 * 1024 * 1024 * 1024;
+/// Longest a snapshot transfer may take before the sender gives up (and raft-rs retries).
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Where accepted inbound messages go (the node loop's channel).
 pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
 
 /// The sending half (see the module doc).
 pub struct Transport {
-    id: u64,
+    me: Me,
     queues: HashMap<u64, mpsc::Sender<Message>>,
+    urls: HashMap<u64, Vec<String>>,
     shared: Arc<Shared>,
+    faults: Arc<Faults>,
+    /// The runtime the transport's tasks run on (`send` is called from the node loop's thread).
+    runtime: tokio::runtime::Handle,
 }
 
 /// What the peer tasks and the transport share.
@@ -68,24 +92,41 @@ pub struct Transport {
 struct Shared {
     unreachable: Mutex<HashSet<u64>>,
     dropped: AtomicU64,
+    /// Snapshots sent (true) or failed (false), per peer, not yet reported to raft-rs.
+    snapshot_reports: Mutex<Vec<(u64, bool)>>,
 }
 
 impl Transport {
     /// A transport for member `id` of cluster `cluster` to `peers` (member id → peer URLs, e.g.
-    /// `http://127.0.0.1:2380`). Starts one task per peer on the current Tokio runtime.
-    pub fn start(id: u64, cluster: u64, peers: &HashMap<u64, Vec<String>>) -> Transport {
+    /// `http://127.0.0.1:2380`), with `faults` applied to what it sends. Starts one task per peer
+    /// on the current Tokio runtime.
+    pub fn start(
+        id: u64,
+        cluster: u64,
+        peers: &HashMap<u64, Vec<String>>,
+        faults: Arc<Faults>,
+    ) -> Transport {
         let shared = Arc::new(Shared::default());
+        let me = Me { id, cluster };
         let mut queues = HashMap::new();
-        for (&peer, urls) in peers {
+        let mut urls = HashMap::new();
+        for (&peer, peer_urls) in peers {
             if peer == id {
                 continue;
             }
             let (tx, rx) = mpsc::channel(PEER_QUEUE);
             queues.insert(peer, tx);
-            let me = Me { id, cluster };
-            tokio::spawn(run_peer(me, peer, urls.clone(), rx, shared.clone()));
+            urls.insert(peer, peer_urls.clone());
+            tokio::spawn(run_peer(me, peer, peer_urls.clone(), rx, shared.clone()));
         }
-        Transport { id, queues, shared }
+        Transport {
+            me,
+            queues,
+            urls,
+            shared,
+            faults,
+            runtime: tokio::runtime::Handle::current(),
+        }
     }
 
     /// Queues `msgs` for their peers without waiting (see the module doc).
@@ -93,16 +134,71 @@ impl Transport {
         for msg in msgs {
             let Some(queue) = self.queues.get(&msg.to) else {
                 tracing::warn!(
-                    from = self.id,
+                    from = self.me.id,
                     to = msg.to,
                     "a raft message for an unknown member"
                 );
                 continue;
             };
+            let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+            let (copies, delay) = match self.faults.outgoing(msg.to) {
+                Fate::Send { copies, delay } => (copies, delay),
+                Fate::Drop if snapshot => {
+                    // raft-rs waits for a verdict on every snapshot it sends.
+                    self.shared.snapshot_reports.lock().push((msg.to, false));
+                    continue;
+                }
+                Fate::Drop => continue,
+            };
+            if snapshot {
+                self.send_snapshot(msg);
+                continue;
+            }
+            if copies > 1 {
+                self.enqueue(queue, msg.clone(), delay);
+            }
+            self.enqueue(queue, msg, delay);
+        }
+    }
+
+    /// Queues one message, after `delay` if there is one (a fault plan's).
+    fn enqueue(&self, queue: &mpsc::Sender<Message>, msg: Message, delay: Duration) {
+        if delay.is_zero() {
             if queue.try_send(msg).is_err() {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             }
+            return;
         }
+        let (queue, shared) = (queue.clone(), self.shared.clone());
+        self.runtime.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if queue.try_send(msg).is_err() {
+                shared.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    /// Streams a snapshot to its member from a task of its own (see the module doc).
+    fn send_snapshot(&self, msg: Message) {
+        let (me, shared, to) = (self.me, self.shared.clone(), msg.to);
+        let urls = self.urls[&to].clone();
+        self.runtime.spawn(async move {
+            let index = msg.get_snapshot().get_metadata().index;
+            let started = std::time::Instant::now();
+            let result = stream_snapshot(me, &urls, msg).await;
+            match &result {
+                Ok(bytes) => tracing::info!(peer = format!("{to:x}"), index, bytes,
+                    took = ?started.elapsed(), "sent a snapshot"),
+                Err(reason) => tracing::warn!(peer = format!("{to:x}"), index, %reason,
+                    "a snapshot could not be sent; raft will retry"),
+            }
+            shared.snapshot_reports.lock().push((to, result.is_ok()));
+        });
+    }
+
+    /// Snapshots sent (true) or failed (false) since the last call, per peer.
+    pub fn take_snapshot_reports(&self) -> Vec<(u64, bool)> {
+        std::mem::take(&mut *self.shared.snapshot_reports.lock())
     }
 
     /// The peers found unreachable since the last call.
@@ -179,19 +275,63 @@ enum Ended {
     Worked(String),
 }
 
+/// How to reach a peer: with timeouts and keepalives, so that a peer lost without a reset (power,
+/// partition) is noticed in seconds, not after TCP's retransmissions give up.
+fn endpoint(url: &str) -> Result<tonic::transport::Endpoint, String> {
+    let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad peer URL: {e}"))?;
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(1))
+        .http2_keep_alive_interval(Duration::from_secs(1))
+        .keep_alive_timeout(Duration::from_secs(3))
+        .keep_alive_while_idle(true)
+        .tcp_keepalive(Some(Duration::from_secs(5)))
+        .tcp_nodelay(true))
+}
+
+/// Sends one snapshot message over `Peer/Snapshot` (see the module doc), trying the peer's URLs in
+/// turn until one connects. Returns the bytes of data sent.
+async fn stream_snapshot(me: Me, urls: &[String], mut msg: Message) -> Result<usize, String> {
+    let to = msg.to;
+    let data = msg.mut_snapshot().take_data();
+    let metadata = msg.write_to_bytes().map_err(|e| e.to_string())?;
+    let total = data.len();
+    let mut last_error = "the member has no peer URL".to_string();
+    for url in urls {
+        let channel = match endpoint(url)?.connect().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                last_error = format!("{url}: {e}");
+                continue;
+            }
+        };
+        let count = data.len().div_ceil(SNAPSHOT_CHUNK).max(1);
+        let (data, metadata) = (data.clone(), metadata.clone());
+        let chunks = (0..count).map(move |i| SnapshotChunk {
+            from: me.id,
+            to,
+            cluster_id: me.cluster,
+            metadata: if i == 0 { metadata.clone() } else { Vec::new() },
+            data: data[i * SNAPSHOT_CHUNK..((i + 1) * SNAPSHOT_CHUNK).min(data.len())].to_vec(),
+            last: i + 1 == count,
+        });
+        let mut client = PeerClient::new(channel);
+        let call = client.snapshot(tokio_stream::iter(chunks));
+        return match tokio::time::timeout(SNAPSHOT_TIMEOUT, call).await {
+            Ok(Ok(ack)) if ack.get_ref().accepted => Ok(total),
+            Ok(Ok(_)) => Err(format!("{url}: the member did not accept it")),
+            Ok(Err(status)) => Err(format!("{url}: {}: {}", status.code(), status.message())),
+            Err(_) => Err(format!("{url}: timed out after {SNAPSHOT_TIMEOUT:?}")),
+        };
+    }
+    Err(last_error)
+}
+
 /// Opens a stream to `url` and writes `queue` into it until one of them ends.
 async fn stream_to(me: Me, peer: u64, url: &str, queue: &mut mpsc::Receiver<Message>) -> Ended {
-    // Timeouts and keepalives, so that a peer lost without a reset (power, partition) is noticed
-    // in seconds, not after TCP's retransmissions give up.
-    let endpoint = match tonic::transport::Endpoint::from_shared(url.to_string()) {
-        Ok(endpoint) => endpoint
-            .connect_timeout(Duration::from_secs(1))
-            .http2_keep_alive_interval(Duration::from_secs(1))
-            .keep_alive_timeout(Duration::from_secs(3))
-            .keep_alive_while_idle(true)
-            .tcp_keepalive(Some(Duration::from_secs(5)))
-            .tcp_nodelay(true),
-        Err(e) => return Ended::Broken(format!("bad peer URL: {e}")),
+    let endpoint = match endpoint(url) {
+        Ok(endpoint) => endpoint,
+        Err(e) => return Ended::Broken(e),
     };
     let mut client = match endpoint.connect().await {
         Ok(channel) => PeerClient::new(channel),
@@ -259,17 +399,20 @@ pub struct PeerService {
     deliver: Deliver,
     /// Turns true when this member stops: open streams end then.
     stop: tokio::sync::watch::Receiver<bool>,
+    faults: Arc<Faults>,
 }
 
 impl PeerService {
     /// Accepts messages for member `id` from `members` (other ids are refused) and hands them to
-    /// `deliver`, until `stop` turns true.
+    /// `deliver`, until `stop` turns true; messages from members `faults` partitions away are
+    /// ignored.
     pub fn new(
         id: u64,
         cluster: u64,
         members: impl IntoIterator<Item = u64>,
         deliver: Deliver,
         stop: tokio::sync::watch::Receiver<bool>,
+        faults: Arc<Faults>,
     ) -> PeerService {
         PeerService {
             id,
@@ -277,21 +420,25 @@ impl PeerService {
             members: members.into_iter().filter(|m| *m != id).collect(),
             deliver,
             stop,
+            faults,
         }
+    }
+
+    /// Checks who a batch or snapshot chunk says it is from and for (see the module doc).
+    fn check_envelope(&self, from: u64, to: u64, cluster: u64) -> Result<(), Status> {
+        if !self.members.contains(&from) || to != self.id || cluster != self.cluster {
+            return Err(Status::permission_denied(format!(
+                "concord: member {:x} of cluster {:x} does not accept raft messages from {:x} to \
+                 {:x} of cluster {:x}",
+                self.id, self.cluster, from, to, cluster
+            )));
+        }
+        Ok(())
     }
 
     /// Checks a batch's envelope, then decodes and checks its messages (see the module doc).
     fn accept(&self, batch: &RaftBatch) -> Result<Vec<Message>, Status> {
-        if !self.members.contains(&batch.from)
-            || batch.to != self.id
-            || batch.cluster_id != self.cluster
-        {
-            return Err(Status::permission_denied(format!(
-                "concord: member {:x} of cluster {:x} does not accept raft messages from {:x} to \
-                 {:x} of cluster {:x}",
-                self.id, self.cluster, batch.from, batch.to, batch.cluster_id
-            )));
-        }
+        self.check_envelope(batch.from, batch.to, batch.cluster_id)?;
         batch
             .messages
             .iter()
@@ -301,7 +448,7 @@ impl PeerService {
                 })?;
                 if msg.get_msg_type() == MessageType::MsgSnapshot {
                     return Err(Status::invalid_argument(
-                        "concord: this version does not install snapshots",
+                        "concord: snapshots travel on Peer/Snapshot, not in a batch",
                     ));
                 }
                 if msg.from != batch.from || msg.to != batch.to {
@@ -335,6 +482,9 @@ impl Peer for PeerService {
             let Some(batch) = batch else { break };
             let messages = self.accept(&batch)?;
             received += messages.len() as u64;
+            if !self.faults.accepts_from(batch.from) {
+                continue;
+            }
             for msg in messages {
                 (self.deliver)(msg);
             }
@@ -344,11 +494,60 @@ impl Peer for PeerService {
 
     async fn snapshot(
         &self,
-        _request: Request<Streaming<SnapshotChunk>>,
+        request: Request<Streaming<SnapshotChunk>>,
     ) -> Result<Response<SnapshotAck>, Status> {
-        Err(Status::unimplemented(
-            "concord: snapshot transfer is not served by this version",
-        ))
+        let mut stream = request.into_inner();
+        let mut stop = self.stop.clone();
+        let mut metadata = None;
+        let mut data = Vec::new();
+        let from = loop {
+            let chunk = tokio::select! {
+                chunk = stream.message() => chunk?,
+                _ = stop.wait_for(|s| *s) => {
+                    return Err(Status::unavailable("concord: this member is stopping"));
+                }
+            };
+            let Some(chunk) = chunk else {
+                return Err(Status::invalid_argument(
+                    "concord: the snapshot stream ended before its last chunk",
+                ));
+            };
+            self.check_envelope(chunk.from, chunk.to, chunk.cluster_id)?;
+            if metadata.is_none() {
+                metadata = Some(chunk.metadata);
+            }
+            if data.len() + chunk.data.len() > MAX_SNAPSHOT_BYTES {
+                return Err(Status::resource_exhausted(format!(
+                    "concord: a snapshot over {MAX_SNAPSHOT_BYTES} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk.data);
+            if chunk.last {
+                break chunk.from;
+            }
+        };
+        if !self.faults.accepts_from(from) {
+            return Err(Status::unavailable(
+                "concord: partitioned away (fault plan)",
+            ));
+        }
+        // The data first: it is Concord's own format, checked whole before raft-rs sees anything.
+        snapshot::decode(&data).map_err(|e| Status::invalid_argument(format!("concord: {e}")))?;
+        let bad =
+            |e: String| Status::invalid_argument(format!("concord: bad snapshot message: {e}"));
+        let mut msg = Message::parse_from_bytes(&metadata.unwrap_or_default())
+            .map_err(|e| bad(e.to_string()))?;
+        if msg.get_msg_type() != MessageType::MsgSnapshot || msg.from != from || msg.to != self.id {
+            return Err(bad(format!(
+                "a {:?} from {:x} to {:x}",
+                msg.get_msg_type(),
+                msg.from,
+                msg.to
+            )));
+        }
+        msg.mut_snapshot().set_data(data.into());
+        (self.deliver)(msg);
+        Ok(Response::new(SnapshotAck { accepted: true }))
     }
 }
 
@@ -378,7 +577,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut stopping = stopped.clone();
         let deliver: Deliver = Arc::new(move |m| sink.lock().push(m));
-        let service = PeerService::new(id, CLUSTER, members, deliver, stopped);
+        let service = PeerService::new(id, CLUSTER, members, deliver, stopped, Arc::default());
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(PeerServer::new(service))
@@ -418,7 +617,7 @@ mod tests {
     async fn messages_arrive_in_order_and_resume_after_the_peer_restarts() {
         let b = receiver(2, vec![1, 2], 0).await;
         let peers = HashMap::from([(2, vec![b.url.clone()])]);
-        let a = Transport::start(1, CLUSTER, &peers);
+        let a = Transport::start(1, CLUSTER, &peers, Arc::default());
         a.send((1..=100).map(|t| heartbeat(1, 2, t)).collect());
         until("100 messages", || b.got.lock().len() == 100).await;
         let terms: Vec<u64> = b.got.lock().iter().map(|m| m.term).collect();
@@ -499,7 +698,7 @@ mod tests {
             send(elsewhere).await.unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
-        // A snapshot: this version does not install them.
+        // A snapshot in a batch: snapshots travel on their own stream.
         let mut snapshot = heartbeat(1, 2, 1);
         snapshot.set_msg_type(MessageType::MsgSnapshot);
         let snapshot = RaftBatch {

@@ -403,6 +403,26 @@ impl Hub {
         }
     }
 
+    /// A snapshot replaced the store, which is now at `revision`: the changes in between were
+    /// never dispatched, so every synced watcher that may be owed some becomes unsynced and the
+    /// catch-up thread reads them from history (the snapshot carries the history since the last
+    /// compaction; a watcher owed compacted revisions is canceled as compacted, as usual).
+    pub fn restored(&self, revision: Rev) {
+        let mut state = self.state.lock();
+        if revision <= state.current {
+            return;
+        }
+        state.current = revision;
+        for s in state.streams.values_mut() {
+            for w in s.watchers.values_mut() {
+                if w.synced && w.next_rev <= revision {
+                    w.synced = false;
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
     /// One round of catch-up for up to [`SYNC_BATCH_WATCHERS`] unsynced watchers: one read of
     /// history, shared. Also answers deferred progress requests that became answerable.
     pub fn sync_round(&self) -> Result<SyncRound> {

@@ -31,15 +31,29 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(10);
 /// Where the node loop publishes applied events.
 #[derive(Clone)]
 pub struct EventSink {
-    tx: Sender<(Vec<Event>, Rev)>,
+    tx: Sender<Published>,
+}
+
+/// What the node loop hands the dispatcher, in apply order.
+enum Published {
+    /// A batch's events (revision order) and the revision after it.
+    Events(Vec<Event>, Rev),
+    /// A snapshot replaced the store, now at this revision (see [`Hub::restored`]).
+    Restored(Rev),
 }
 
 impl EventSink {
     /// Hands a batch's events (revision order) and the revision after it to the dispatcher.
     pub fn publish(&self, events: Vec<Event>, revision: Rev) {
         if !events.is_empty() {
-            let _ = self.tx.send((events, revision));
+            let _ = self.tx.send(Published::Events(events, revision));
         }
+    }
+
+    /// Tells the dispatcher that a snapshot replaced the store, after every batch published
+    /// before: watchers catch up on the jump from history.
+    pub fn restored(&self, revision: Rev) {
+        let _ = self.tx.send(Published::Restored(revision));
     }
 }
 
@@ -98,15 +112,27 @@ impl Drop for Threads {
     }
 }
 
-fn dispatch(hub: &Hub, rx: Receiver<(Vec<Event>, Rev)>) {
+fn dispatch(hub: &Hub, rx: Receiver<Published>) {
     while let Ok(first) = rx.recv() {
         let mut events = Vec::new();
         let mut revision = 0;
-        for (batch, rev) in std::iter::once(first).chain(rx.try_iter()) {
-            events.extend(batch.into_iter().map(Arc::new));
-            revision = rev;
+        for published in std::iter::once(first).chain(rx.try_iter()) {
+            match published {
+                Published::Events(batch, rev) => {
+                    events.extend(batch.into_iter().map(Arc::new));
+                    revision = rev;
+                }
+                Published::Restored(rev) => {
+                    if !events.is_empty() {
+                        hub.dispatch(&std::mem::take(&mut events), revision);
+                    }
+                    hub.restored(rev);
+                }
+            }
         }
-        hub.dispatch(&events, revision);
+        if !events.is_empty() {
+            hub.dispatch(&events, revision);
+        }
     }
 }
 
