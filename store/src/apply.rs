@@ -22,15 +22,26 @@ use concord_proto::etcdserverpb::{
 };
 use concord_proto::mvccpb::Event;
 use prost::Message;
-use raft::eraftpb::{Entry, EntryType};
+use raft::eraftpb::{ConfState, Entry, EntryType};
 
 use crate::error::{Error, Result};
 use crate::lease::Lessor;
-use crate::members::Members;
+use crate::members::{Members, Peer};
 use crate::mvcc::store::WriteBatch;
 use crate::mvcc::txn;
 use crate::mvcc::{KvStore, Rev};
 use crate::raft::proposal::{Command, Proposal, Response};
+use crate::raft::storage::KEY_CONF_STATE;
+
+/// What a membership change does to the peer table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PeerChange {
+    /// Add the member, or change it (a learner promoted).
+    Set(Peer),
+    Remove(u64),
+    /// Nothing (raft-rs refused the change, or it leaves a joint configuration).
+    None,
+}
 
 /// The outcome of one applied entry that a caller may be waiting for.
 pub struct Applied {
@@ -69,6 +80,10 @@ impl StateMachine {
         }
     }
 
+    pub fn members(&self) -> &Arc<Members> {
+        &self.members
+    }
+
     pub fn lessor(&self) -> &Arc<Lessor> {
         &self.lessor
     }
@@ -100,6 +115,34 @@ impl StateMachine {
         self.kv.restore(records, index, extra)?;
         self.lessor.reload(&self.kv)?;
         self.members.reload(&self.kv)
+    }
+
+    /// Applies a membership change entry at `index`, whose new conf state raft-rs computed: the
+    /// conf state, the peer table's change and the applied index reach sled in one batch. (The
+    /// node loop applies the entries around it with [`StateMachine::apply`].)
+    pub fn apply_membership(
+        &mut self,
+        index: u64,
+        conf_state: &ConfState,
+        change: PeerChange,
+    ) -> Result<()> {
+        assert_eq!(
+            index,
+            self.applied() + 1,
+            "entries must be applied in order without gaps"
+        );
+        let mut batch = self.kv.write();
+        batch.set_meta(
+            KEY_CONF_STATE.to_vec(),
+            Some(protobuf::Message::write_to_bytes(conf_state)?),
+        );
+        match change {
+            PeerChange::Set(peer) => self.members.apply_peer(&mut batch, peer),
+            PeerChange::Remove(id) => self.members.apply_removal(&mut batch, id),
+            PeerChange::None => {}
+        }
+        batch.finish(index);
+        Ok(())
     }
 
     /// Applies a run of committed entries in one [`WriteBatch`]: one exclusive section for readers.
@@ -195,6 +238,15 @@ fn execute(
             members.apply(batch, attributes);
             Ok(Response::PublishMember)
         }
+        Command::UpdateMember(peer) => match members.peer(peer.id) {
+            None => Err(Error::MemberNotFound),
+            Some(_) if members.url_taken(&peer.peer_urls, peer.id) => Err(Error::PeerUrlExists),
+            Some(old) => {
+                let is_learner = old.is_learner;
+                members.apply_peer(batch, Peer { is_learner, ..peer });
+                Ok(Response::MembershipChanged)
+            }
+        },
         command => {
             let mut w = batch.txn();
             let result = match command {
@@ -266,7 +318,16 @@ mod tests {
             name: "test".into(),
             client_urls: vec![],
         };
-        let members = Members::open(&kv, [(1, vec![])].into(), me).unwrap();
+        let members = Members::open(
+            &kv,
+            vec![Peer {
+                id: 1,
+                peer_urls: vec![],
+                is_learner: false,
+            }],
+            me,
+        )
+        .unwrap();
         StateMachine::open(kv, lessor, Arc::new(members))
     }
 

@@ -9,9 +9,14 @@
 //! SHA-1(sorted peer URLs joined, then the cluster token); the cluster id is the first 8 bytes of
 //! SHA-1 over the sorted member ids (8 bytes each, big-endian).
 //!
-//! A member listens for its peers on `--listen-peer-urls` when the initial cluster has more than
-//! one member. Left out until membership changes: `--initial-cluster-state existing` (joining a
-//! running cluster) is refused with a clear error.
+//! Those derived ids hold for the members of a new cluster (`--initial-cluster-state new`). A
+//! member added later (`etcdctl member add`) gets its id from the cluster, and learns it and the
+//! cluster id when it first starts with `--initial-cluster-state existing` (see `join`). Once a
+//! data dir has been started, its ids and membership come from the data dir: the `--initial-*`
+//! flags are ignored, as etcd ignores them.
+//!
+//! A member listens for its peers on `--listen-peer-urls`, also when it is alone (so that members
+//! can be added to it).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -312,11 +317,6 @@ impl Flags {
                 mine, self.name, advertised
             )));
         }
-        if self.initial_cluster_state == ClusterState::Existing {
-            return Err(Error::Config(
-                "--initial-cluster-state existing (joining a cluster) is not supported by this version yet".into(),
-            ));
-        }
         if self.heartbeat_interval == 0 || self.election_timeout < 5 * self.heartbeat_interval {
             return Err(Error::Config(
                 "--election-timeout must be at least 5 times --heartbeat-interval (and both above 0)".into(),
@@ -427,15 +427,6 @@ mod tests {
             err.to_string().contains("no member named \"default\""),
             "{err}"
         );
-        let err = flags(&[
-            "--initial-cluster",
-            "default=http://127.0.0.1:2380,b=http://127.0.0.1:2381",
-            "--initial-cluster-state",
-            "existing",
-        ])
-        .into_config()
-        .unwrap_err();
-        assert!(err.to_string().contains("existing"), "{err}");
         let err = flags(&["--election-timeout", "100"])
             .into_config()
             .unwrap_err();

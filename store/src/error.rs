@@ -75,6 +75,32 @@ pub enum Error {
     )]
     LeaseRequired,
 
+    // --- Membership ---
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberExists,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExists,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    /// raft-rs takes one membership change at a time (a second one would be dropped silently);
+    /// etcd has no text for this, its request would time out.
+    #[error("concord: another membership change is in progress; retry when it is applied")]
+    MembershipChangePending,
+    /// raft-rs refused the change when it was applied (e.g. it would leave no voter).
+    #[error("concord: the membership change was refused: {0}")]
+    MembershipChangeRefused(String),
+    /// This member applied its own removal: it stops, and its data dir cannot serve again.
+    #[error("the member has been permanently removed from the cluster")]
+    Removed,
+
     // --- Raft and server state ---
     #[error("etcdserver: no leader")]
     NoLeader,
@@ -125,19 +151,29 @@ impl Error {
             | Error::InvalidSortOption
             | Error::RequestTooLarge
             | Error::LeaseRequired
+            | Error::MemberBadUrls
             | Error::Config(_) => Code::InvalidArgument,
             Error::Compacted | Error::FutureRevision | Error::LeaseTtlTooLarge => Code::OutOfRange,
-            Error::LeaseNotFound => Code::NotFound,
-            Error::LeaseExists | Error::NotLeader | Error::BadLeaderTransferee => {
-                Code::FailedPrecondition
-            }
+            Error::LeaseNotFound | Error::MemberNotFound => Code::NotFound,
+            Error::LeaseExists
+            | Error::NotLeader
+            | Error::BadLeaderTransferee
+            | Error::PeerUrlExists
+            | Error::MemberExists
+            | Error::MemberNotLearner
+            | Error::LearnerNotReady
+            | Error::TooManyLearners
+            | Error::MembershipChangePending
+            | Error::MembershipChangeRefused(_) => Code::FailedPrecondition,
             Error::ElectionNoLeader
             | Error::ElectionNotLeader
             | Error::MissingLeaderKey
             | Error::SessionExpired => Code::Unknown,
-            Error::NoLeader | Error::Timeout | Error::Stopped | Error::LeaderTransferTimeout => {
-                Code::Unavailable
-            }
+            Error::NoLeader
+            | Error::Timeout
+            | Error::Stopped
+            | Error::LeaderTransferTimeout
+            | Error::Removed => Code::Unavailable,
             Error::Storage(_)
             | Error::Raft(_)
             | Error::Corrupt(_)

@@ -16,7 +16,8 @@
 //! - [`service`]: thin gRPC adapters (KV, Watch, Lease, Maintenance, Cluster, Lock, Election).
 //! - [`watch`]: the watch hub: synced and unsynced watchers, catch-up from history.
 //! - [`lease`]: the lessor (replicated leases, leader-only expiry) and its keeper task.
-//! - [`members`]: the members: ids and peer URLs from the flags, names and client URLs published.
+//! - [`members`]: the members: the replicated peer table, names and client URLs published.
+//! - [`join`]: a new member's first start: bootstrap, joining a cluster, refusing a wiped one.
 //! - [`raft`]: the node loop, the sled-backed Raft log, proposals and their waiters.
 //! - [`apply`]: the deterministic state machine.
 //! - [`mvcc`]: revisions, the key index, history in sled, etcd's request semantics.
@@ -25,6 +26,7 @@
 pub mod apply;
 pub mod config;
 pub mod error;
+pub mod join;
 pub mod lease;
 pub mod members;
 pub mod mvcc;

@@ -45,9 +45,15 @@ async fn run(flags: Flags) -> concord_store::Result<()> {
             tracing::info!("stopped");
             Ok(())
         }
-        result = server.stopped() => {
-            result?;
-            Err(concord_store::Error::Raft("the raft loop stopped unexpectedly".into()))
+        result = server.stopped() => match result {
+            // etcd's way out for a member removed from its cluster: answer what is in flight, stop.
+            Err(concord_store::Error::Removed) => {
+                tracing::warn!("{}; stopping", concord_store::Error::Removed);
+                server.shutdown().await?;
+                Ok(())
+            }
+            Err(e) => Err(e),
+            Ok(()) => Err(concord_store::Error::Raft("the raft loop stopped unexpectedly".into())),
         }
     }
 }

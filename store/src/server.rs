@@ -24,18 +24,20 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::apply::StateMachine;
-use crate::config::{CONCORD_VERSION, ServerConfig};
+use crate::config::{CONCORD_VERSION, ClusterState, ServerConfig};
 use crate::error::{Error, Result};
+use crate::join;
 use crate::lease::{Lessor, keeper};
-use crate::members::{Attributes, Members};
+use crate::members::{Attributes, Members, Peer};
 use crate::mvcc::KvStore;
+use crate::mvcc::store::META_APPLIED;
 use crate::raft::faults::Faults;
 use crate::raft::node::{Node, NodeConfig, NodeHandle};
 use crate::raft::proposal::Command;
 use crate::raft::storage::RaftStorage;
 use crate::raft::transport::{Deliver, PeerService, Transport};
 use crate::service::cluster::ClusterService;
-use crate::service::forward::LeaderLeases;
+use crate::service::forward::ToLeader;
 use crate::service::{
     Core, election::ElectionService, kv::KvService, lease::LeaseService, lock::LockService,
     maintenance::MaintenanceService, watch::WatchService,
@@ -76,6 +78,7 @@ pub struct Server {
     keeper: Option<tokio::task::JoinHandle<()>>,
     /// Faults a test injects into this member's Raft traffic (`raft/faults.rs`).
     faults: Arc<Faults>,
+    member_id: u64,
 }
 
 impl Server {
@@ -83,54 +86,49 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<Server> {
         let db = open_db_patiently(&config).await?;
         let state = db.open_tree("state")?;
-        let (member_id, cluster_id) = identity(&state, &config)?;
+        let log = db.open_tree("raft")?;
+        // A member that never applied anything: it bootstraps a new cluster, or joins one.
+        let empty = !state.contains_key(META_APPLIED)? && log.is_empty();
+        let joined = match (empty, config.initial_cluster_state) {
+            (true, ClusterState::Existing) => Some(join::discover(&config).await?),
+            _ => None,
+        };
+        let (member_id, cluster_id) = identity(&state, &config, joined.as_ref())?;
+        let initial = match &joined {
+            Some(joined) => joined.peers.clone(),
+            None => flag_peers(&config, member_id),
+        };
+        if empty && joined.is_none() {
+            join::refuse_if_bootstrapped(&config, member_id).await?;
+            join::bootstrap(&state, &initial)?;
+        }
         let kv = Arc::new(KvStore::open(state.clone())?);
         let lessor = Arc::new(Lessor::open(&kv, config.min_lease_ttl())?);
-        let peers = config.peers();
         let me = Attributes {
             id: member_id,
             name: config.name.clone(),
             client_urls: config.advertise_client_urls.clone(),
         };
-        let known = if peers.len() > 1 {
-            peers.clone()
-        } else {
-            [(member_id, config.advertise_peer_urls.clone())].into()
-        };
-        let members = Arc::new(Members::open(&kv, known, me)?);
+        let members = Arc::new(Members::open(&kv, initial, me)?);
         let sm = StateMachine::open(kv.clone(), lessor.clone(), members.clone());
         let hub = Arc::new(Hub::new(kv.clone()));
         let (events, watch_threads) =
             threads::start(hub.clone(), config.watch_progress_notify_interval)?;
-        // Used only on first start (an empty log): every initial member is a voter.
-        // A lone member is itself, whatever URLs it was restarted with (its id was kept from its
-        // first start); a cluster's members are the ids of the URLs every member is given.
-        let mut voters: Vec<u64> = if peers.len() > 1 {
-            peers.keys().copied().collect()
-        } else {
-            vec![member_id]
-        };
-        voters.sort_unstable();
-        let bootstrap = ConfState {
-            voters: voters.clone(),
-            ..Default::default()
-        };
-        let faults = Arc::new(Faults::default());
-        let transport = (peers.len() > 1)
-            .then(|| Transport::start(member_id, cluster_id, &peers, faults.clone()));
-        let mut storage = RaftStorage::open(db.open_tree("raft")?, &state, bootstrap)?;
-        let mut stored = storage.voters().to_vec();
-        stored.sort_unstable();
-        if stored != voters {
-            // Membership changes are not supported yet: the flags must name the same members.
-            return Err(Error::Config(format!(
-                "the data dir {} belongs to a cluster of members {:x?}, but --initial-cluster \
-                 (and --initial-cluster-token) name {voters:x?}",
-                config.data_dir.display(),
-                stored
-            )));
+        // A joining member starts with no configuration: the leader's snapshot brings it.
+        let mut storage = RaftStorage::open(log, &state, ConfState::default())?;
+        let conf = storage.conf_state();
+        let listed = conf.voters.contains(&member_id) || conf.learners.contains(&member_id);
+        if sm.applied() > 0 && !listed {
+            return Err(Error::Removed);
         }
         storage.raise_commit(sm.applied())?;
+        let faults = Arc::new(Faults::default());
+        let peer_urls = members
+            .peers()
+            .into_values()
+            .map(|p| (p.id, p.peer_urls))
+            .collect();
+        let transport = Transport::start(member_id, cluster_id, &peer_urls, faults.clone());
         let node_config = NodeConfig {
             id: member_id,
             tick: config.heartbeat_interval,
@@ -168,7 +166,7 @@ impl Server {
             election_timeout: config.election_timeout,
             stop: stop_rx.clone(),
             watch_stream_buffer: config.watch_stream_buffer.max(1),
-            leader_leases: LeaderLeases::new(peers.clone()),
+            to_leader: ToLeader::new(members.clone()),
             members: members.clone(),
         });
         let keeper_config = keeper::KeeperConfig {
@@ -197,7 +195,7 @@ impl Server {
         let (peer_stop_tx, peer_stop_rx) = watch::channel(false);
         let mut peer_listeners = Vec::new();
         let mut peer_addrs = Vec::new();
-        if peers.len() > 1 {
+        {
             for addr in &config.listen_peer {
                 let listener = tokio::net::TcpListener::bind(addr)
                     .await
@@ -212,7 +210,7 @@ impl Server {
                 let service = PeerService::new(
                     member_id,
                     cluster_id,
-                    peers.keys().copied(),
+                    members.clone(),
                     deliver,
                     peer_stop_rx.clone(),
                     faults.clone(),
@@ -237,7 +235,8 @@ impl Server {
             })
             .collect();
         let attributes = members.serving(client_urls);
-        if peers.len() > 1 && members.published(member_id).as_ref() != Some(&attributes) {
+        let alone = members.peers().len() == 1 && joined.is_none();
+        if !alone && members.published(member_id).as_ref() != Some(&attributes) {
             tokio::spawn(publish(handle.clone(), attributes, stop_rx.clone()));
         }
         tracing::info!(
@@ -263,6 +262,7 @@ impl Server {
             hub,
             keeper: Some(keeper),
             faults,
+            member_id,
         })
     }
 
@@ -271,7 +271,12 @@ impl Server {
         self.client_addrs[0]
     }
 
-    /// The addresses this member serves its peers on (none in a one-member cluster).
+    /// This member's id.
+    pub fn member_id(&self) -> u64 {
+        self.member_id
+    }
+
+    /// The addresses this member serves its peers on.
     pub fn peer_addrs(&self) -> &[SocketAddr] {
         &self.peer_addrs
     }
@@ -392,7 +397,35 @@ fn open_db(config: &ServerConfig) -> Result<sled::Db> {
 
 /// The member and cluster ids: derived from the configuration at first start and kept from then
 /// on (so changing a URL flag later does not change who this member is).
-fn identity(state: &sled::Tree, config: &ServerConfig) -> Result<(u64, u64)> {
+/// The members `--initial-cluster` names (or this member alone, whatever URLs it was restarted
+/// with: its id was kept from its first start).
+fn flag_peers(config: &ServerConfig, member_id: u64) -> Vec<Peer> {
+    let peers = config.peers();
+    if peers.len() > 1 {
+        peers
+            .into_iter()
+            .map(|(id, peer_urls)| Peer {
+                id,
+                peer_urls,
+                is_learner: false,
+            })
+            .collect()
+    } else {
+        vec![Peer {
+            id: member_id,
+            peer_urls: config.advertise_peer_urls.clone(),
+            is_learner: false,
+        }]
+    }
+}
+
+/// This member's id and its cluster's: kept from the first start; then derived from the flags
+/// (a new cluster) or learned from the cluster it joins.
+fn identity(
+    state: &sled::Tree,
+    config: &ServerConfig,
+    joined: Option<&join::Joined>,
+) -> Result<(u64, u64)> {
     if let Some(bytes) = state.get(KEY_IDENTITY)? {
         if bytes.len() != 16 {
             return Err(Error::Corrupt("bad identity record".into()));
@@ -401,7 +434,10 @@ fn identity(state: &sled::Tree, config: &ServerConfig) -> Result<(u64, u64)> {
         let cluster = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
         return Ok((member, cluster));
     }
-    let (member, cluster) = (config.member_id(), config.cluster_id());
+    let (member, cluster) = match joined {
+        Some(joined) => (joined.member_id, joined.cluster_id),
+        None => (config.member_id(), config.cluster_id()),
+    };
     let mut record = member.to_be_bytes().to_vec();
     record.extend_from_slice(&cluster.to_be_bytes());
     state.insert(KEY_IDENTITY, record)?;
@@ -444,7 +480,8 @@ async fn serve_peers(
     });
     tonic::transport::Server::builder()
         .add_service(PeerServer::new(service).max_decoding_message_size(PEER_MESSAGE_BYTES))
-        .add_service(LeaseServer::new(LeaseService::new(core)))
+        .add_service(LeaseServer::new(LeaseService::new(core.clone())))
+        .add_service(ClusterServer::new(ClusterService::new(core)))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = stop.wait_for(|stopped| *stopped).await;
         })

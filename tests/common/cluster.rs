@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use concord::store::config::ClusterState;
 use concord::store::raft::faults::Plan;
 use concord::store::{Server, ServerConfig};
 use etcd_client::{Client, GetOptions};
@@ -31,8 +32,9 @@ impl Member {
         self.server().client_addr().to_string()
     }
 
+    /// The member id it serves under (a joined member's was assigned by the cluster).
     pub fn id(&self) -> u64 {
-        self.config.member_id()
+        self.server().member_id()
     }
 
     /// This member's id and the leader it knows (0: none).
@@ -73,6 +75,38 @@ fn configs(n: usize) -> Vec<(ServerConfig, tempfile::TempDir)> {
             (config, dir)
         })
         .collect()
+}
+
+/// A configuration for one more member of `members`' cluster, named `name`, on a free port, that
+/// joins it (`--initial-cluster-state existing`) once `etcdctl member add` made room for it.
+pub fn joining_config(members: &[Member], name: &str) -> (ServerConfig, tempfile::TempDir) {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster: Vec<(String, Vec<String>)> = members
+        .iter()
+        .map(|m| (m.config.name.clone(), m.config.advertise_peer_urls.clone()))
+        .collect();
+    cluster.push((name.to_string(), vec![url.clone()]));
+    let config = ServerConfig {
+        name: name.to_string(),
+        listen_peer: vec![SocketAddr::from(([127, 0, 0, 1], port))],
+        advertise_peer_urls: vec![url],
+        initial_cluster: cluster,
+        initial_cluster_state: ClusterState::Existing,
+        ..ServerConfig::for_test(dir.path())
+    };
+    (config, dir)
+}
+
+/// Starts a member from `config` and its data dir.
+pub async fn start_member(config: ServerConfig, dir: tempfile::TempDir) -> Member {
+    let server = Server::start(config.clone()).await.unwrap();
+    Member {
+        config,
+        server: Some(server),
+        _dir: dir,
+    }
 }
 
 /// Starts `n` members with default test settings.

@@ -54,17 +54,21 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use prost::Message as _;
-use raft::eraftpb::{Entry, Message, Snapshot};
+use protobuf::Message as _;
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
+};
 use raft::{RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
 use super::faults::Faults;
-use super::proposal::{Command, IdGen, Proposal, Response, Waiters};
+use super::proposal::{Command, IdGen, MembershipContext, Proposal, Response, Waiters};
 use super::snapshot;
 use super::storage::{KEY_CONF_STATE, KEY_INSTALLED, RaftStorage, encode_index_term};
 use super::transport::Transport;
-use crate::apply::StateMachine;
+use crate::apply::{PeerChange, StateMachine};
 use crate::error::{Error, Result};
+use crate::members::Peer;
 use crate::mvcc::store::{BACKEND_BATCH_INTERVAL, BACKEND_BATCH_LIMIT};
 use crate::watch::threads::EventSink;
 
@@ -75,6 +79,22 @@ const MAX_MSGS_PER_TURN: usize = 8192;
 /// Entries kept in the log after a compaction, for followers slightly behind (etcd's
 /// `SnapshotCatchUpEntries`); at most `snapshot_count`.
 pub const CATCH_UP_ENTRIES: u64 = 5_000;
+/// A learner may be promoted once it has this share of what the leader committed (etcd's rule).
+const LEARNER_READY: f64 = 0.9;
+
+/// A membership change (etcd's MemberAdd, MemberRemove, MemberPromote) for the leader to make.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MemberChange {
+    /// Add member `id` (picked by the caller) reachable at `peer_urls`, as a learner or a voter.
+    Add {
+        id: u64,
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
+    Remove(u64),
+    /// Make a caught-up learner a voter.
+    Promote(u64),
+}
 
 /// Requests to the node loop.
 pub enum Msg {
@@ -87,6 +107,11 @@ pub enum Msg {
     ReadIndex { reply: oneshot::Sender<Result<()>> },
     /// A Raft message from a peer (checked by the transport: from a member, to this member).
     Step(Box<Message>),
+    /// Change the membership (on the leader); answer once the change is applied.
+    ChangeMembership {
+        change: MemberChange,
+        reply: oneshot::Sender<Result<Response>>,
+    },
     /// Hand leadership to `target`; answer once it leads.
     TransferLeader {
         target: u64,
@@ -110,6 +135,8 @@ pub struct NodeStatus {
     pub snapshots_made: AtomicU64,
     /// Snapshots this member installed, since it started.
     pub snapshots_installed: AtomicU64,
+    /// Whether this member is a learner (replicates, does not vote).
+    pub is_learner: std::sync::atomic::AtomicBool,
 }
 
 /// Timing of the loop, from the server flags.
@@ -161,6 +188,12 @@ impl NodeHandle {
 
     pub fn status(&self) -> &NodeStatus {
         &self.status
+    }
+
+    /// Makes a membership change (this member must lead); returns once it is applied here.
+    pub async fn change_membership(&self, change: MemberChange) -> Result<Response> {
+        self.ask(|reply| Msg::ChangeMembership { change, reply })
+            .await
     }
 
     /// Hands leadership to member `target` (this member must lead); returns once `target` leads.
@@ -228,8 +261,12 @@ pub struct Node {
     /// This member became leader and will promote the lessor once it has applied every entry
     /// committed before (so deadlines start from the latest lease records, not older ones).
     promote_pending: bool,
-    /// Messages to other members (none in a one-member group).
-    transport: Option<Transport>,
+    /// Messages to other members.
+    transport: Transport,
+    /// The peer table's generation the transport was last pointed at.
+    members_generation: u64,
+    /// This member applied its own removal: the loop stops at the end of the turn.
+    removed: bool,
     /// A leadership transfer under way: its target, its caller, and until when it may take.
     transfer: Option<(u64, oneshot::Sender<Result<()>>, Instant)>,
     /// A test's fault plan; here, only its stale-read bug matters (`faults.rs`).
@@ -244,7 +281,7 @@ impl Node {
         sm: StateMachine,
         db: sled::Db,
         events: EventSink,
-        transport: Option<Transport>,
+        transport: Transport,
         logger: &slog::Logger,
     ) -> Result<(Node, NodeHandle)> {
         let applied = sm.applied();
@@ -297,6 +334,8 @@ impl Node {
             events,
             promote_pending,
             transport,
+            members_generation: u64::MAX,
+            removed: false,
             transfer: None,
             faults,
         };
@@ -326,18 +365,16 @@ impl Node {
                 stop |= self.handle(msg);
             }
             let now = Instant::now();
-            if let Some(transport) = &self.transport {
-                for peer in transport.take_unreachable() {
-                    self.raw.report_unreachable(peer);
-                }
-                for (peer, sent) in transport.take_snapshot_reports() {
-                    let status = if sent {
-                        SnapshotStatus::Finish
-                    } else {
-                        SnapshotStatus::Failure
-                    };
-                    self.raw.report_snapshot(peer, status);
-                }
+            for peer in self.transport.take_unreachable() {
+                self.raw.report_unreachable(peer);
+            }
+            for (peer, sent) in self.transport.take_snapshot_reports() {
+                let status = if sent {
+                    SnapshotStatus::Finish
+                } else {
+                    SnapshotStatus::Failure
+                };
+                self.raw.report_snapshot(peer, status);
             }
             if now >= next_tick {
                 self.raw.tick();
@@ -352,6 +389,8 @@ impl Node {
                 break Err(e);
             }
             self.check_transfer();
+            self.sync_transport();
+            self.maybe_leave_joint();
             if let Err(e) = self.maybe_make_snapshot() {
                 break Err(e);
             }
@@ -371,13 +410,17 @@ impl Node {
                     "raft loop turn took too long"
                 );
             }
+            if self.removed {
+                tracing::warn!("this member was removed from the cluster: stopping");
+                break Err(Error::Removed);
+            }
             if stop {
                 break Ok(());
             }
         };
         self.waiters.fail_all(Error::Stopped);
         self.fail_reads(Error::Stopped);
-        if result.is_ok() {
+        if result.is_ok() || result == Err(Error::Removed) {
             self.sm.kv().write_back()?;
             self.db.flush()?;
         } else {
@@ -409,6 +452,7 @@ impl Node {
                 }
             }
             Msg::TransferLeader { target, reply } => self.transfer_leader(target, reply),
+            Msg::ChangeMembership { change, reply } => self.change_membership(change, reply),
             Msg::Shutdown => return true,
         }
         false
@@ -595,9 +639,24 @@ impl Node {
         Ok(())
     }
 
-    /// Applies committed entries, then answers their callers (after the status shows them applied;
-    /// the rest of the status is published at the end of the Ready).
+    /// Applies committed entries: runs of normal entries through the state machine, membership
+    /// changes one by one (see [`Node::apply_membership`]).
     fn apply(&mut self, entries: Vec<Entry>) -> Result<()> {
+        let mut run = Vec::new();
+        for entry in entries {
+            if entry.get_entry_type() == EntryType::EntryNormal {
+                run.push(entry);
+            } else {
+                self.apply_run(std::mem::take(&mut run))?;
+                self.apply_membership(&entry)?;
+            }
+        }
+        self.apply_run(run)
+    }
+
+    /// Applies a run of normal entries, then answers their callers (after the status shows them
+    /// applied; the rest of the status is published at the end of the Ready).
+    fn apply_run(&mut self, entries: Vec<Entry>) -> Result<()> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -614,6 +673,197 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Applies a membership change entry: raft-rs computes the new conf state, the state machine
+    /// stores it with the peer table's change and the applied index (one batch), the proposer is
+    /// answered. raft-rs refusing the change (it would leave no voter) is deterministic, so every
+    /// member refuses it alike and only the applied index moves. A member that applies its own
+    /// removal stops at the end of the turn.
+    fn apply_membership(&mut self, entry: &Entry) -> Result<()> {
+        if entry.index <= self.sm.applied() {
+            return Ok(()); // applied before a restart: the stored conf state has it
+        }
+        let cc = match entry.get_entry_type() {
+            EntryType::EntryConfChange => {
+                // raft-rs writes a one-change V2 as V1 (`ConfChangeI::as_v1`).
+                let v1 = ConfChange::parse_from_bytes(&entry.data)?;
+                let mut single = ConfChangeSingle::default();
+                single.set_change_type(v1.get_change_type());
+                single.node_id = v1.node_id;
+                let mut v2 = ConfChangeV2::default();
+                v2.set_changes(vec![single].into());
+                v2
+            }
+            _ => ConfChangeV2::parse_from_bytes(&entry.data)?,
+        };
+        let context = if entry.context.is_empty() {
+            None
+        } else {
+            Some(MembershipContext::decode(&entry.context[..])?)
+        };
+        let (conf_state, change, result) = match self.raw.apply_conf_change(&cc) {
+            Ok(conf_state) => {
+                let change = match (cc.get_changes().first(), context.as_ref()) {
+                    (Some(single), _) if single.get_change_type() == ConfChangeType::RemoveNode => {
+                        PeerChange::Remove(single.node_id)
+                    }
+                    (
+                        Some(_),
+                        Some(MembershipContext {
+                            peer: Some(peer), ..
+                        }),
+                    ) => PeerChange::Set(peer.clone()),
+                    _ => PeerChange::None,
+                };
+                (conf_state, change, Ok(Response::MembershipChanged))
+            }
+            Err(e) => {
+                tracing::warn!(index = entry.index, error = %e, "a membership change was refused");
+                let unchanged = self.raw.store().conf_state().clone();
+                let refused = Err(Error::MembershipChangeRefused(e.to_string()));
+                (unchanged, PeerChange::None, refused)
+            }
+        };
+        tracing::info!(index = entry.index, ?change, voters = ?conf_state.voters,
+            learners = ?conf_state.learners, "applied a membership change");
+        if change == PeerChange::Remove(self.config.id) {
+            self.removed = true;
+        }
+        self.sm.apply_membership(entry.index, &conf_state, change)?;
+        self.raw.mut_store().set_conf_state(conf_state);
+        self.status
+            .applied
+            .store(self.sm.applied(), Ordering::Relaxed);
+        if let Some(context) = context
+            && context.origin == self.config.id
+        {
+            self.waiters.answer(context.id, result);
+        }
+        Ok(())
+    }
+
+    /// Starts a membership change on the leader (see the module doc): checked against the
+    /// members and raft-rs's progress as etcd checks it, proposed as a `ConfChangeV2`, answered
+    /// when applied.
+    fn change_membership(
+        &mut self,
+        change: MemberChange,
+        reply: oneshot::Sender<Result<Response>>,
+    ) {
+        match self.conf_change(change) {
+            Ok((cc, peer)) => {
+                let id = self.ids.next_id();
+                let context = MembershipContext {
+                    id,
+                    origin: self.config.id,
+                    peer: Some(peer),
+                }
+                .encode_to_vec();
+                match self.raw.propose_conf_change(context, cc) {
+                    Ok(()) => {
+                        let deadline =
+                            Instant::now() + self.config.request_timeout + Duration::from_secs(1);
+                        self.waiters.insert(id, reply, deadline);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        }
+    }
+
+    /// The conf change for `change` and the peer as the table will hold it, or why not.
+    fn conf_change(&self, change: MemberChange) -> Result<(ConfChangeV2, Peer)> {
+        if self.raw.raft.state != StateRole::Leader {
+            return Err(Error::NotLeader);
+        }
+        if self.raw.raft.has_pending_conf() {
+            return Err(Error::MembershipChangePending);
+        }
+        let members = self.sm.members();
+        let (kind, peer) = match change {
+            MemberChange::Add {
+                id,
+                peer_urls,
+                learner,
+            } => {
+                if members.contains(id) {
+                    return Err(Error::MemberExists);
+                }
+                if members.url_taken(&peer_urls, 0) {
+                    return Err(Error::PeerUrlExists);
+                }
+                if learner && members.peers().values().any(|p| p.is_learner) {
+                    return Err(Error::TooManyLearners);
+                }
+                let kind = if learner {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::AddNode
+                };
+                let peer = Peer {
+                    id,
+                    peer_urls,
+                    is_learner: learner,
+                };
+                (kind, peer)
+            }
+            MemberChange::Remove(id) => {
+                let peer = members.peer(id).ok_or(Error::MemberNotFound)?;
+                (ConfChangeType::RemoveNode, peer)
+            }
+            MemberChange::Promote(id) => {
+                let peer = members.peer(id).ok_or(Error::MemberNotFound)?;
+                if !peer.is_learner {
+                    return Err(Error::MemberNotLearner);
+                }
+                // etcd's rule: the learner has 90% of what the leader committed.
+                let matched = self.raw.raft.prs().get(id).map_or(0, |pr| pr.matched);
+                let committed = self.raw.raft.raft_log.committed;
+                if (matched as f64) < committed as f64 * LEARNER_READY {
+                    return Err(Error::LearnerNotReady);
+                }
+                let peer = Peer {
+                    is_learner: false,
+                    ..peer
+                };
+                (ConfChangeType::AddNode, peer)
+            }
+        };
+        let mut single = ConfChangeSingle::default();
+        single.set_change_type(kind);
+        single.node_id = peer.id;
+        let mut cc = ConfChangeV2::default();
+        cc.set_changes(vec![single].into());
+        Ok((cc, peer))
+    }
+
+    /// Leaves a joint configuration that nobody else will leave (see the module doc).
+    fn maybe_leave_joint(&mut self) {
+        let joint = !self.raw.store().conf_state().voters_outgoing.is_empty();
+        if joint && self.raw.raft.state == StateRole::Leader && !self.raw.raft.has_pending_conf() {
+            tracing::warn!("leaving a joint configuration left behind by an earlier leader");
+            if let Err(e) = self
+                .raw
+                .propose_conf_change(vec![], ConfChangeV2::default())
+            {
+                tracing::warn!(error = %e, "cannot propose leaving the joint configuration");
+            }
+        }
+    }
+
+    /// Points the transport at the members of the peer table, if it changed.
+    fn sync_transport(&mut self) {
+        let generation = self.sm.members().generation();
+        if generation != self.members_generation {
+            self.members_generation = generation;
+            self.transport.sync(&self.sm.members().peers());
+        }
     }
 
     fn on_leader_change(&mut self, leader: u64, role: StateRole) {
@@ -715,12 +965,8 @@ impl Node {
 
     /// Sends Raft messages to their members (see the module doc).
     fn send(&self, msgs: Vec<Message>) {
-        match &self.transport {
-            Some(transport) => transport.send(msgs),
-            None => debug_assert!(
-                msgs.is_empty(),
-                "a one-member group has no peers to message"
-            ),
+        if !msgs.is_empty() {
+            self.transport.send(msgs);
         }
     }
 
@@ -735,6 +981,13 @@ impl Node {
             .store(self.raw.store().first_index(), Ordering::Relaxed);
         s.last_index
             .store(self.raw.store().last_index(), Ordering::Relaxed);
+        let learner = self
+            .raw
+            .store()
+            .conf_state()
+            .learners
+            .contains(&self.config.id);
+        s.is_learner.store(learner, Ordering::Relaxed);
     }
 }
 

@@ -28,7 +28,7 @@ pub struct Proposal {
     #[prost(uint64, tag = "2")]
     pub origin: u64,
     /// The request to apply.
-    #[prost(oneof = "Command", tags = "3, 4, 5, 6, 7, 8, 9, 10")]
+    #[prost(oneof = "Command", tags = "3, 4, 5, 6, 7, 8, 9, 10, 11")]
     pub command: Option<Command>,
 }
 
@@ -54,6 +54,21 @@ pub enum Command {
     /// A member's name and client URLs (see `members`).
     #[prost(message, tag = "10")]
     PublishMember(crate::members::Attributes),
+    /// New peer URLs for a member (etcd's MemberUpdate; not a Raft conf change).
+    #[prost(message, tag = "11")]
+    UpdateMember(crate::members::Peer),
+}
+
+/// The context of a membership change entry (a raft-rs `ConfChangeV2`): who waits for it, and the
+/// member it adds, promotes or removes, as the peer table will hold it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct MembershipContext {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub origin: u64,
+    #[prost(message, optional, tag = "3")]
+    pub peer: Option<crate::members::Peer>,
 }
 
 /// Remaining TTLs to remember, so that a new leader does not restart leases from their full TTL.
@@ -83,6 +98,8 @@ pub enum Response {
     LeaseRevoke(LeaseRevokeResponse),
     LeaseCheckpoint,
     PublishMember,
+    /// A membership change (or update) was applied.
+    MembershipChanged,
 }
 
 /// Generates proposal ids: `start_millis << 22 | counter` (4M proposals per millisecond of uptime

@@ -180,6 +180,7 @@ impl RaftStorage {
             let mut batch = sled::Batch::default();
             storage.reset_to(index, term, &mut batch);
             storage.hard_state.commit = storage.hard_state.commit.max(index);
+            storage.hard_state.term = storage.hard_state.term.max(term);
             batch.insert(KEY_HARD_STATE, storage.hard_state.write_to_bytes()?);
             storage.clean_up(&mut batch);
             storage.log.apply_batch(batch)?;
@@ -231,6 +232,12 @@ impl RaftStorage {
     /// Keeps `snapshot` (made by the node loop) for followers that need one.
     pub fn set_snapshot(&mut self, snapshot: Snapshot) {
         self.snapshot = Some(snapshot);
+    }
+
+    /// Records the conf state a membership change produced (the state machine persists it, in the
+    /// batch of the entry that made it).
+    pub fn set_conf_state(&mut self, conf_state: ConfState) {
+        self.conf_state = conf_state;
     }
 
     /// The conf state as of the applied index (what a snapshot made now describes).

@@ -36,7 +36,7 @@
 //! authenticating the peer beyond the ids it claims (members are trusted, as in etcd without
 //! peer TLS).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -54,6 +54,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::faults::{Fate, Faults};
 use super::snapshot;
+use crate::members::{self, Members};
 
 /// Messages queued per peer before [`Transport::send`] drops them.
 pub const PEER_QUEUE: usize = 4096;
@@ -106,26 +107,43 @@ impl Transport {
         peers: &HashMap<u64, Vec<String>>,
         faults: Arc<Faults>,
     ) -> Transport {
-        let shared = Arc::new(Shared::default());
-        let me = Me { id, cluster };
-        let mut queues = HashMap::new();
-        let mut urls = HashMap::new();
-        for (&peer, peer_urls) in peers {
-            if peer == id {
-                continue;
-            }
-            let (tx, rx) = mpsc::channel(PEER_QUEUE);
-            queues.insert(peer, tx);
-            urls.insert(peer, peer_urls.clone());
-            tokio::spawn(run_peer(me, peer, peer_urls.clone(), rx, shared.clone()));
-        }
-        Transport {
-            me,
-            queues,
-            urls,
-            shared,
+        let mut transport = Transport {
+            me: Me { id, cluster },
+            queues: HashMap::new(),
+            urls: HashMap::new(),
+            shared: Arc::new(Shared::default()),
             faults,
             runtime: tokio::runtime::Handle::current(),
+        };
+        for (&peer, urls) in peers {
+            transport.add_peer(peer, urls.clone());
+        }
+        transport
+    }
+
+    /// Starts sending to `peer` at `urls` (never to this member itself).
+    fn add_peer(&mut self, peer: u64, urls: Vec<String>) {
+        if peer == self.me.id || urls.is_empty() {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(PEER_QUEUE);
+        self.queues.insert(peer, tx);
+        self.urls.insert(peer, urls.clone());
+        let task = run_peer(self.me, peer, urls, rx, self.shared.clone());
+        self.runtime.spawn(task);
+    }
+
+    /// Follows a change of membership: starts sending to new members, stops sending to removed
+    /// ones (their task ends with its queue), and reconnects to members whose URLs changed.
+    pub fn sync(&mut self, peers: &BTreeMap<u64, members::Peer>) {
+        self.queues
+            .retain(|id, _| peers.get(id).map(|p| &p.peer_urls) == self.urls.get(id));
+        self.urls.retain(|id, _| self.queues.contains_key(id));
+        for (id, peer) in peers {
+            if !self.queues.contains_key(id) {
+                tracing::info!(peer = format!("{id:x}"), urls = ?peer.peer_urls, "sending to a member");
+                self.add_peer(*id, peer.peer_urls.clone());
+            }
         }
     }
 
@@ -395,7 +413,7 @@ async fn stream_to(me: Me, peer: u64, url: &str, queue: &mut mpsc::Receiver<Mess
 pub struct PeerService {
     id: u64,
     cluster: u64,
-    members: HashSet<u64>,
+    members: Arc<Members>,
     deliver: Deliver,
     /// Turns true when this member stops: open streams end then.
     stop: tokio::sync::watch::Receiver<bool>,
@@ -409,7 +427,7 @@ impl PeerService {
     pub fn new(
         id: u64,
         cluster: u64,
-        members: impl IntoIterator<Item = u64>,
+        members: Arc<Members>,
         deliver: Deliver,
         stop: tokio::sync::watch::Receiver<bool>,
         faults: Arc<Faults>,
@@ -417,7 +435,7 @@ impl PeerService {
         PeerService {
             id,
             cluster,
-            members: members.into_iter().filter(|m| *m != id).collect(),
+            members,
             deliver,
             stop,
             faults,
@@ -426,7 +444,8 @@ impl PeerService {
 
     /// Checks who a batch or snapshot chunk says it is from and for (see the module doc).
     fn check_envelope(&self, from: u64, to: u64, cluster: u64) -> Result<(), Status> {
-        if !self.members.contains(&from) || to != self.id || cluster != self.cluster {
+        let member = from != self.id && self.members.contains(from);
+        if !member || to != self.id || cluster != self.cluster {
             return Err(Status::permission_denied(format!(
                 "concord: member {:x} of cluster {:x} does not accept raft messages from {:x} to \
                  {:x} of cluster {:x}",
@@ -567,6 +586,22 @@ mod tests {
         port: u16,
     }
 
+    /// A peer table holding `ids`.
+    fn member_table(ids: &[u64]) -> Arc<Members> {
+        let db = sled::Config::new().temporary(true).open().unwrap();
+        let kv = crate::mvcc::KvStore::open(db.open_tree("state").unwrap()).unwrap();
+        let peers = ids
+            .iter()
+            .map(|id| members::Peer {
+                id: *id,
+                peer_urls: vec![format!("http://member-{id}")],
+                is_learner: false,
+            })
+            .collect();
+        let me = crate::members::Attributes::default();
+        Arc::new(Members::open(&kv, peers, me).unwrap())
+    }
+
     async fn receiver(id: u64, members: Vec<u64>, port: u16) -> Receiver {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
@@ -577,6 +612,7 @@ mod tests {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut stopping = stopped.clone();
         let deliver: Deliver = Arc::new(move |m| sink.lock().push(m));
+        let members = member_table(&members);
         let service = PeerService::new(id, CLUSTER, members, deliver, stopped, Arc::default());
         tokio::spawn(
             tonic::transport::Server::builder()

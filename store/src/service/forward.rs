@@ -1,9 +1,14 @@
-//! Lease requests a follower cannot answer, forwarded to the leader.
+//! Requests a follower cannot answer, forwarded to the leader.
 //!
-//! Only the leader keeps lease deadlines (`lease`), so a keepalive or a TimeToLive that reaches a
-//! follower is answered by the leader, as etcd does: the follower calls the leader's `Lease`
-//! service, which every member of a multi-member cluster also serves on its peer URLs, and answers
-//! its own client with the leader's TTL under its own header. A forwarded request carries the
+//! - Only the leader keeps lease deadlines (`lease`), so a keepalive or a TimeToLive that reaches
+//!   a follower is answered by the leader, as etcd does: the follower calls the leader's `Lease`
+//!   service, which every member also serves on its peer URLs, and answers its own client with
+//!   the leader's TTL under its own header.
+//! - Only the leader can check and propose a membership change (it knows how far a learner got),
+//!   so MemberAdd, MemberRemove, MemberUpdate and MemberPromote reaching a follower are passed to
+//!   the leader's `Cluster` service, also served on its peer URLs, and its answer is returned.
+//!
+//! A forwarded request carries the
 //! `concord-forwarded` metadata and is never forwarded again — a member that has stopped being the
 //! leader answers "no leader" and the client retries — so two members with stale views of the
 //! leadership cannot bounce a request between them.
@@ -11,7 +16,9 @@
 //! Connections to the leaders are made lazily, one per member, and reused.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
 use concord_proto::etcdserverpb::{
     LeaseKeepAliveRequest, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse,
@@ -20,39 +27,51 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
+use crate::members::Members;
 
 /// The metadata key that marks a forwarded request.
 pub const FORWARDED: &str = "concord-forwarded";
 
-/// Clients of the other members' Lease services (see the module doc).
-pub struct LeaderLeases {
-    /// Member id → peer URLs.
-    peers: HashMap<u64, Vec<String>>,
-    clients: Mutex<HashMap<u64, LeaseClient<Channel>>>,
+/// Connections to the other members' peer URLs, to forward requests to the leader (see the
+/// module doc).
+pub struct ToLeader {
+    members: Arc<Members>,
+    /// Member id → its peer URL and a channel to it.
+    channels: Mutex<HashMap<u64, (String, Channel)>>,
 }
 
-impl LeaderLeases {
-    pub fn new(peers: HashMap<u64, Vec<String>>) -> LeaderLeases {
-        LeaderLeases {
-            peers,
-            clients: Mutex::new(HashMap::new()),
+impl ToLeader {
+    pub fn new(members: Arc<Members>) -> ToLeader {
+        ToLeader {
+            members,
+            channels: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&self, leader: u64) -> Result<LeaseClient<Channel>> {
-        if let Some(client) = self.clients.lock().get(&leader) {
-            return Ok(client.clone());
+    /// A channel to `leader`'s first peer URL (made anew if the URL changed).
+    fn channel(&self, leader: u64) -> Result<Channel> {
+        let peer = self.members.peer(leader).ok_or(Error::NoLeader)?;
+        let url = peer.peer_urls.first().ok_or(Error::NoLeader)?;
+        let mut channels = self.channels.lock();
+        if let Some((known, channel)) = channels.get(&leader)
+            && known == url
+        {
+            return Ok(channel.clone());
         }
-        let url = self
-            .peers
-            .get(&leader)
-            .and_then(|urls| urls.first())
-            .ok_or(Error::NoLeader)?;
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::Config(format!("peer URL {url}: {e}")))?;
-        let client = LeaseClient::new(endpoint.connect_lazy());
-        self.clients.lock().insert(leader, client.clone());
-        Ok(client)
+        let channel = endpoint.connect_lazy();
+        channels.insert(leader, (url.clone(), channel.clone()));
+        Ok(channel)
+    }
+
+    fn client(&self, leader: u64) -> Result<LeaseClient<Channel>> {
+        Ok(LeaseClient::new(self.channel(leader)?))
+    }
+
+    /// The leader's Cluster service (see the module doc).
+    pub fn cluster(&self, leader: u64) -> Result<ClusterClient<Channel>> {
+        Ok(ClusterClient::new(self.channel(leader)?))
     }
 
     /// Renews lease `id` on `leader`; the TTL it answers (0: the lease is gone).
@@ -85,8 +104,13 @@ impl LeaderLeases {
     }
 }
 
+/// Whether `request` was forwarded by another member (and so must not be forwarded again).
+pub fn is_forwarded<T>(request: &tonic::Request<T>) -> bool {
+    request.metadata().contains_key(FORWARDED)
+}
+
 /// A request marked as forwarded.
-fn forwarded<T>(message: T) -> tonic::Request<T> {
+pub fn forwarded<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()

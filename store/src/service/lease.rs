@@ -82,7 +82,7 @@ impl LeaseService {
         if !self.core.lessor.is_primary() && !forwarded {
             // Only the leader knows deadlines (see `forward`).
             if let Some(leader) = self.core.leader_elsewhere() {
-                let mut resp = self.core.leader_leases.time_to_live(leader, r).await?;
+                let mut resp = self.core.to_leader.time_to_live(leader, r).await?;
                 resp.header = self.core.header(None);
                 return Ok(resp);
             }
@@ -131,7 +131,7 @@ async fn keep_alive(core: &Core, id: LeaseId, forwarded: bool) -> Result<LeaseKe
         Err(Error::LeaseNotFound) => 0,
         // A follower: the leader renews (see `forward`).
         Err(Error::NoLeader) if !forwarded => match core.leader_elsewhere() {
-            Some(leader) => core.leader_leases.keep_alive(leader, id).await?,
+            Some(leader) => core.to_leader.keep_alive(leader, id).await?,
             None => return Err(Error::NoLeader),
         },
         Err(e) => return Err(e),

@@ -101,7 +101,7 @@ impl Maintenance for MaintenanceService {
             raft_applied_index: s.applied.load(Ordering::Relaxed),
             errors: Vec::new(),
             db_size_in_use: db_size,
-            is_learner: false,
+            is_learner: s.is_learner.load(Ordering::Relaxed),
             ..Default::default()
         }))
     }

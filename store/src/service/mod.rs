@@ -57,8 +57,8 @@ pub struct Core {
     pub watch_stream_buffer: usize,
     /// Turns true when the server shuts down: long-lived streams end then.
     pub stop: tokio::sync::watch::Receiver<bool>,
-    /// The other members' Lease services, for requests only the leader can answer.
-    pub leader_leases: forward::LeaderLeases,
+    /// Connections to the leader, for requests only it can answer (`forward.rs`).
+    pub to_leader: forward::ToLeader,
     /// The members, for MemberList.
     pub members: Arc<crate::members::Members>,
 }

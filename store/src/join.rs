@@ -1,0 +1,184 @@
+//! How a member with an empty data dir finds its place: a new cluster's bootstrap, joining an
+//! existing cluster, and refusing a member that was already bootstrapped once.
+//!
+//! **Bootstrap** (`--initial-cluster-state new`). Every initial member writes the same first state:
+//! the conf state (every initial member a voter), the peer table and the applied index 1, as if
+//! it had installed a snapshot at index 1 of term 1 ([`bootstrap`]). The log then starts at 2, so
+//! a member added later, whose log is empty, can never be sent entry 1 and always starts from a
+//! snapshot carrying the whole membership — the way raft-rs's own examples bootstrap. (Replaying
+//! the log from entry 1 would apply membership changes on top of an empty configuration.)
+//!
+//! **Joining** (`--initial-cluster-state existing`, after `etcdctl member add`). The new member
+//! asks the other members named in `--initial-cluster` for their member list, on their peer URLs
+//! (every member serves the Cluster service there too), and finds itself by its peer URLs: that
+//! gives it the id the cluster assigned it and the cluster id ([`discover`]). It then waits,
+//! with an empty log and no vote, for the leader's snapshot. etcd joins the same way.
+//!
+//! **A wiped data dir** (`new`, but the member ran before and lost its data). Starting it as new
+//! would let it vote again in terms it already voted in, and lose what it acknowledged. Like etcd,
+//! a member about to bootstrap asks the others whether it has published its attributes before;
+//! if any says so, it refuses to start ([`refuse_if_bootstrapped`]). Members that cannot be
+//! reached are skipped: at a cluster's first start, none may be up yet.
+
+use std::time::Duration;
+
+use concord_proto::etcdserverpb::MemberListRequest;
+use concord_proto::etcdserverpb::cluster_client::ClusterClient;
+use protobuf::Message as _;
+use raft::eraftpb::ConfState;
+
+use crate::config::ServerConfig;
+use crate::error::{Error, Result};
+use crate::members::{self, Peer};
+use crate::mvcc::store::META_APPLIED;
+use crate::raft::storage::{KEY_CONF_STATE, KEY_INSTALLED, encode_index_term};
+
+/// How long a member waits for another's member list.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a joining member stands in the cluster it joins.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub member_id: u64,
+    pub cluster_id: u64,
+    /// The cluster's members (this one included), until the snapshot brings the peer table.
+    pub peers: Vec<Peer>,
+}
+
+/// Writes a new cluster's first state to `state` in one batch (see the module doc).
+pub fn bootstrap(state: &sled::Tree, peers: &[Peer]) -> Result<()> {
+    let mut voters: Vec<u64> = peers.iter().map(|p| p.id).collect();
+    voters.sort_unstable();
+    let conf_state = ConfState {
+        voters,
+        ..Default::default()
+    };
+    let mut batch = sled::Batch::default();
+    batch.insert(KEY_CONF_STATE, conf_state.write_to_bytes()?);
+    batch.insert(KEY_INSTALLED, encode_index_term(1, 1));
+    batch.insert(META_APPLIED, &1i64.to_be_bytes());
+    for (key, value) in members::bootstrap_records(peers) {
+        batch.insert(key, value);
+    }
+    state.apply_batch(batch)?;
+    Ok(())
+}
+
+/// The member lists of the other members of `--initial-cluster`, as each answers (or why not),
+/// with the cluster id of its header.
+async fn ask_others(config: &ServerConfig) -> Vec<Result<(u64, Vec<Peer>), String>> {
+    let mine = &config.advertise_peer_urls;
+    let mut answers = Vec::new();
+    for (name, urls) in &config.initial_cluster {
+        if urls == mine {
+            continue;
+        }
+        for url in urls {
+            let answer = tokio::time::timeout(ASK_TIMEOUT, member_list(url.clone())).await;
+            let answer = match answer {
+                Ok(result) => result,
+                Err(_) => Err("timed out".into()),
+            };
+            answers.push(answer.map_err(|e| format!("{name} at {url}: {e}")));
+        }
+    }
+    answers
+}
+
+async fn member_list(url: String) -> Result<(u64, Vec<Peer>), String> {
+    let mut client = ClusterClient::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .member_list(MemberListRequest::default())
+        .await
+        .map_err(|s| format!("{}: {}", s.code(), s.message()))?
+        .into_inner();
+    let cluster_id = resp.header.map_or(0, |h| h.cluster_id);
+    let peers = resp
+        .members
+        .into_iter()
+        .map(|m| Peer {
+            id: m.id,
+            peer_urls: m.peer_ur_ls,
+            is_learner: m.is_learner,
+        })
+        .collect();
+    Ok((cluster_id, peers))
+}
+
+/// Finds this member's id and its cluster's by asking the others (see the module doc).
+pub async fn discover(config: &ServerConfig) -> Result<Joined> {
+    let mut failures = Vec::new();
+    for answer in ask_others(config).await {
+        match answer {
+            Ok((cluster_id, peers)) => {
+                let mut mine = config.advertise_peer_urls.clone();
+                mine.sort();
+                let me = peers.iter().find(|p| {
+                    let mut urls = p.peer_urls.clone();
+                    urls.sort();
+                    urls == mine
+                });
+                return match me {
+                    Some(me) => Ok(Joined {
+                        member_id: me.id,
+                        cluster_id,
+                        peers,
+                    }),
+                    None => Err(Error::Config(format!(
+                        "this member's peer URLs {mine:?} are not in the cluster's member list; \
+                         add the member first (etcdctl member add {} --peer-urls={})",
+                        config.name,
+                        mine.join(",")
+                    ))),
+                };
+            }
+            Err(e) => failures.push(e),
+        }
+    }
+    Err(Error::Network(format!(
+        "--initial-cluster-state existing: no other member of --initial-cluster answered: {}",
+        failures.join("; ")
+    )))
+}
+
+/// Refuses to bootstrap a member that the others know as started before (see the module doc).
+pub async fn refuse_if_bootstrapped(config: &ServerConfig, member_id: u64) -> Result<()> {
+    for url in config
+        .initial_cluster
+        .iter()
+        .filter(|(_, urls)| *urls != config.advertise_peer_urls)
+        .flat_map(|(_, urls)| urls)
+    {
+        if let Ok(Ok(true)) =
+            tokio::time::timeout(ASK_TIMEOUT, has_published(url.clone(), member_id)).await
+        {
+            return Err(Error::Config(format!(
+                "member {} ({member_id:x}) has already been bootstrapped: its data dir {} is new, \
+                 but the cluster knows it as started before. Remove it (etcdctl member remove \
+                 {member_id:x}), add it again (etcdctl member add) and start it with \
+                 --initial-cluster-state existing",
+                config.name,
+                config.data_dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether the member at `url` lists `member_id` with published client URLs.
+async fn has_published(url: String, member_id: u64) -> Result<bool, String> {
+    let mut client = ClusterClient::connect(url)
+        .await
+        .map_err(|e| e.to_string())?;
+    let resp = client
+        .member_list(MemberListRequest::default())
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner();
+    Ok(resp
+        .members
+        .iter()
+        .any(|m| m.id == member_id && !m.client_ur_ls.is_empty()))
+}
