@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmarks Concord and etcd side by side on this machine, over loopback only (127.0.0.1).
 #
-# For each target in turn (Concord, then Debian's etcd 3.4): start a single-member server on a fresh
-# `mktemp -d` data dir, wait until `etcdctl endpoint health` passes, run every workload against it
-# with concord-bench, stop it by its PID. Then print the Markdown comparison table
+# For each target in turn (Concord, then Debian's etcd 3.4): start a cluster of MEMBERS members
+# (one by default), each on a fresh `mktemp -d` data dir, wait until `etcdctl endpoint health`
+# passes on every member, run every workload against it with concord-bench (its connections spread
+# over all members), stop the members by their PIDs. Then print the Markdown comparison table
 # (`concord-bench compare`) and save it next to the JSON results.
 #
 # Usage: bench/run.sh            (from anywhere; builds first)
@@ -21,6 +22,7 @@
 #                      WORKLOADS="watch-fanout:16:4:watchers=1000,streams=10,rate=200
 #                                 lease-keepalive:100:4:leases=10000 lease-expiry-storm:64:8:leases=2000"
 #   TARGETS="concord etcd"  which servers to run, in this order
+#   MEMBERS=1          members per cluster; member i uses the ports below + 100*i
 #   BENCH_ARGS=""      extra concord-bench flags for every run (e.g. "--val-size 1024")
 #   OUT_DIR=target/bench-results/<UTC timestamp>   where results go
 #   SKIP_BUILD=1       do not run cargo build
@@ -34,6 +36,7 @@ readonly DURATION="${DURATION:-10}"
 readonly WARMUP="${WARMUP:-1}"
 readonly WORKLOADS="${WORKLOADS:-put:256:16 put:1:1 range:256:16 range-serializable:256:16 txn:256:16}"
 readonly TARGETS="${TARGETS:-concord etcd}"
+readonly MEMBERS="${MEMBERS:-1}"
 readonly BENCH_ARGS="${BENCH_ARGS:-}"
 readonly CONCORD_PORT="${CONCORD_PORT:-22379}" CONCORD_PEER_PORT="${CONCORD_PEER_PORT:-22380}"
 readonly ETCD_PORT="${ETCD_PORT:-23790}" ETCD_PEER_PORT="${ETCD_PEER_PORT:-23800}"
@@ -42,10 +45,11 @@ readonly OUT_DIR
 readonly BENCH="$ROOT/target/release/concord-bench"
 readonly CONCORD="$ROOT/target/release/concord"
 
-SERVER_PID=""
+SERVER_PID=""  # the first member's (watch and lease workloads report its memory and CPU)
+SERVER_PIDS=()
 SERVER_NAME=""
-SERVER_LOG=""
-PORT=""
+SERVER_LOGS=()
+ENDPOINTS=""  # every member's client address, comma-separated
 TEMP_DIRS=()
 RESULTS=()  # JSON files written, in run order (the table's row order)
 FAILED=()   # runs that did not complete
@@ -53,22 +57,25 @@ FAILED=()   # runs that did not complete
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'run.sh: %s\n' "$*" >&2; exit 1; }
 
-# Stops the running server (if any) by its PID: SIGTERM, then SIGKILL after 10 s; keeps its log.
+# Stops the running members (if any) by their PIDs: SIGTERM, then SIGKILL after 10 s; keeps
+# their logs.
 stop_server() {
-  local pid="$SERVER_PID"
-  [[ -n "$pid" ]] || return 0
-  SERVER_PID=""
-  if kill "$pid" 2>/dev/null; then
+  local pid i
+  for pid in "${SERVER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${SERVER_PIDS[@]}"; do
     for _ in $(seq 50); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.2
     done
     kill -9 "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-  if [[ -d "$OUT_DIR" && -f "$SERVER_LOG" ]]; then
-    cp -- "$SERVER_LOG" "$OUT_DIR/$SERVER_NAME-server.log"
-  fi
+    wait "$pid" 2>/dev/null || true
+  done
+  for i in "${!SERVER_LOGS[@]}"; do
+    if [[ -d "$OUT_DIR" && -f "${SERVER_LOGS[$i]}" ]]; then
+      cp -- "${SERVER_LOGS[$i]}" "$OUT_DIR/$SERVER_NAME-server-$i.log"
+    fi
+  done
+  SERVER_PID="" SERVER_PIDS=() SERVER_LOGS=()
 }
 
 cleanup() {
@@ -91,11 +98,12 @@ ensure_etcd() {
   fi
 }
 
-# Waits until the server on port $1 answers `etcdctl endpoint health` (50 tries, 0.2 s apart).
+# Waits until the server (PID $3) on port $1 answers `etcdctl endpoint health` (50 tries, 0.2 s
+# apart).
 wait_healthy() {
-  local port="$1" log_file="$2"
+  local port="$1" log_file="$2" pid="$3"
   for _ in $(seq 50); do
-    kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 20 "$log_file" >&2; die "server exited during startup (log: $log_file)"; }
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log_file" >&2; die "server exited during startup (log: $log_file)"; }
     if ETCDCTL_API=3 etcdctl --endpoints "$HOST:$port" --command-timeout=1s endpoint health >/dev/null 2>&1; then
       return 0
     fi
@@ -110,32 +118,43 @@ port_free() {
   ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null
 }
 
-# Starts target $1 on a fresh data dir; sets SERVER_PID and PORT.
+# Starts target $1's MEMBERS members, each on a fresh data dir; sets SERVER_PIDS and ENDPOINTS.
 start_server() {
-  local target="$1" dir bin port peer
-  dir="$(mktemp -d -t "concord-bench-$target.XXXXXX")"
-  TEMP_DIRS+=("$dir")
+  local target="$1" bin base_port base_peer i dir port peer cluster="" endpoints=()
   case "$target" in
-    concord) bin="$CONCORD" port="$CONCORD_PORT" peer="$CONCORD_PEER_PORT" ;;
-    etcd) bin="$(command -v etcd)" port="$ETCD_PORT" peer="$ETCD_PEER_PORT" ;;
+    concord) bin="$CONCORD" base_port="$CONCORD_PORT" base_peer="$CONCORD_PEER_PORT" ;;
+    etcd) bin="$(command -v etcd)" base_port="$ETCD_PORT" base_peer="$ETCD_PEER_PORT" ;;
     *) die "unknown target $target (expected concord or etcd)" ;;
   esac
-  # Another server on these ports would answer the health check and the benchmark instead.
-  port_free "$port" || die "$HOST:$port is in use: stop that server or set ${target^^}_PORT"
-  port_free "$peer" || die "$HOST:$peer is in use: stop that server or set ${target^^}_PEER_PORT"
-  log "starting $target on $HOST:$port (data dir $dir/data)"
-  "$bin" --name bench --data-dir "$dir/data" \
-    --listen-client-urls "http://$HOST:$port" --advertise-client-urls "http://$HOST:$port" \
-    --listen-peer-urls "http://$HOST:$peer" --initial-advertise-peer-urls "http://$HOST:$peer" \
-    --initial-cluster "bench=http://$HOST:$peer" >"$dir/server.log" 2>&1 &
-  SERVER_PID=$!
+  for ((i = 0; i < MEMBERS; i++)); do
+    port=$((base_port + 100 * i)) peer=$((base_peer + 100 * i))
+    # Another server on these ports would answer the health check and the benchmark instead.
+    port_free "$port" || die "$HOST:$port is in use: stop that server or set ${target^^}_PORT"
+    port_free "$peer" || die "$HOST:$peer is in use: stop that server or set ${target^^}_PEER_PORT"
+    cluster+="${cluster:+,}bench$i=http://$HOST:$peer"
+  done
   SERVER_NAME="$target"
-  SERVER_LOG="$dir/server.log"
-  PORT="$port"
-  wait_healthy "$port" "$dir/server.log"
+  for ((i = 0; i < MEMBERS; i++)); do
+    port=$((base_port + 100 * i)) peer=$((base_peer + 100 * i))
+    dir="$(mktemp -d -t "concord-bench-$target.XXXXXX")"
+    TEMP_DIRS+=("$dir")
+    log "starting $target member $i on $HOST:$port (data dir $dir/data)"
+    "$bin" --name "bench$i" --data-dir "$dir/data" \
+      --listen-client-urls "http://$HOST:$port" --advertise-client-urls "http://$HOST:$port" \
+      --listen-peer-urls "http://$HOST:$peer" --initial-advertise-peer-urls "http://$HOST:$peer" \
+      --initial-cluster "$cluster" --initial-cluster-state new >"$dir/server.log" 2>&1 &
+    SERVER_PIDS+=($!)
+    SERVER_LOGS+=("$dir/server.log")
+    endpoints+=("$HOST:$port")
+  done
+  SERVER_PID="${SERVER_PIDS[0]}"
+  for ((i = 0; i < MEMBERS; i++)); do
+    wait_healthy "$((base_port + 100 * i))" "${SERVER_LOGS[$i]}" "${SERVER_PIDS[$i]}"
+  done
+  ENDPOINTS="$(IFS=,; echo "${endpoints[*]}")"
 }
 
-# Runs every workload against the target listening on $PORT, labelled $1.
+# Runs every workload against the target's members ($ENDPOINTS), labelled $1.
 run_workloads() {
   local target="$1" spec workload clients conns flags args json pair pairs name value duration
   for spec in $WORKLOADS; do
@@ -166,7 +185,7 @@ run_workloads() {
     log "$target: $workload, $clients clients / $conns conns${flags:+, $flags}${duration[*]:+, ${DURATION}s}"
     # A failed run (e.g. a server that lacks a feature) is reported, and the others still run.
     # shellcheck disable=SC2086 # BENCH_ARGS is a list of flags
-    if "$BENCH" "${args[@]}" --endpoints "$HOST:$PORT" --label "$target" \
+    if "$BENCH" "${args[@]}" --endpoints "$ENDPOINTS" --label "$target" \
       --clients "$clients" --conns "$conns" "${duration[@]}" --warmup "$WARMUP" \
       --json "$json" $BENCH_ARGS | tee -a "$OUT_DIR/$target.txt"; then
       RESULTS+=("$json")

@@ -3,9 +3,11 @@
 //! Story: three members take writes from a steady writer the whole time. A learner is added
 //! through a follower (forwarded to the leader); promoting it before it has caught up is refused
 //! with etcd's error. It starts with `--initial-cluster-state existing`, learns its id from the
-//! cluster, receives a snapshot, serves reads as a learner (Status says so) and is promoted. A
-//! follower is removed: it stops, and its data dir refuses to start again. Then the leader itself is
-//! removed: the others elect a new leader and the writer goes on. Every acknowledged write is on
+//! cluster, receives a snapshot, serves reads as a learner (Status says so) and is promoted; it
+//! keeps its own identity across a restart. A follower is removed: it stops, and its data dir
+//! refuses to start again. Then the leader itself is removed: the others elect a new leader and the
+//! writer goes on; and once more, from two members to one, where the survivor can only lead if it
+//! learned the removal was committed. Every acknowledged write is on
 //! every remaining member and their HashKV match. Bad requests get etcd's errors.
 //!
 //! A second story wipes a member's data dir and starts it as new: it is refused, because the
@@ -19,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use common::cluster::{
     ELECTION, Member, assert_converged, client, joining_config, leader, put_retrying, shutdown,
-    start, start_member, stop,
+    start, start_again, start_member, stop,
 };
 use concord::store::{Error, Server};
 use etcd_client::{Client, GetOptions, MemberAddOptions};
@@ -208,6 +210,13 @@ async fn members_join_get_promoted_and_leave_under_load() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
+    // Restarted, it is still itself: its identity is its own, not the snapshot sender's.
+    stop(&mut members[new]).await;
+    start_again(&mut members[new]).await;
+    assert_eq!(members[new].id(), learner);
+    leader(&members).await;
+    put_retrying(&members[new], "rejoined", "yes").await;
+
     // A follower is removed: it stops, and its data dir will not serve again.
     let now = leader(&members).await;
     let gone = (0..3).find(|i| *i != now).unwrap();
@@ -231,7 +240,25 @@ async fn members_join_get_promoted_and_leave_under_load() {
     .await;
     stops_as_removed(&mut members[now]).await;
     let third = leader(&members).await;
-    let revision = put_retrying(&members[third], "after", "removals").await;
+    put_retrying(&members[third], "after", "removals").await;
+
+    // Two members left; the leader removes itself again. The survivor must learn the removal
+    // is committed before the leader goes (it lingers), or it could never elect itself.
+    let two = members.iter().filter(|m| m.server.is_some()).count();
+    assert_eq!(two, 2);
+    let id = members[third].id();
+    let endpoint = members[third].endpoint();
+    eventually("removing the leader of two", || {
+        let endpoint = endpoint.clone();
+        async move {
+            let mut c = Client::connect([endpoint], None).await?;
+            c.member_remove(id).await
+        }
+    })
+    .await;
+    stops_as_removed(&mut members[third]).await;
+    let last = leader(&members).await;
+    let revision = put_retrying(&members[last], "after", "the last removal").await;
 
     stop_writing.store(true, Ordering::Relaxed);
     let acked = writes.await.unwrap();

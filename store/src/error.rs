@@ -106,6 +106,8 @@ pub enum Error {
     NoLeader,
     #[error("etcdserver: not leader")]
     NotLeader,
+    #[error("etcdserver: leader changed")]
+    LeaderChanged,
     #[error("etcdserver: bad leader transferee")]
     BadLeaderTransferee,
     #[error("etcdserver: request timed out, leader transfer took too long")]
@@ -163,7 +165,6 @@ impl Error {
             | Error::MemberNotLearner
             | Error::LearnerNotReady
             | Error::TooManyLearners
-            | Error::MembershipChangePending
             | Error::MembershipChangeRefused(_) => Code::FailedPrecondition,
             Error::ElectionNoLeader
             | Error::ElectionNotLeader
@@ -173,6 +174,8 @@ impl Error {
             | Error::Timeout
             | Error::Stopped
             | Error::LeaderTransferTimeout
+            | Error::LeaderChanged
+            | Error::MembershipChangePending
             | Error::Removed => Code::Unavailable,
             Error::Storage(_)
             | Error::Raft(_)

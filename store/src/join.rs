@@ -14,10 +14,11 @@
 //! gives it the id the cluster assigned it and the cluster id ([`discover`]). It then waits,
 //! with an empty log and no vote, for the leader's snapshot. etcd joins the same way.
 //!
-//! **A wiped data dir** (`new`, but the member ran before and lost its data). Starting it as new
-//! would let it vote again in terms it already voted in, and lose what it acknowledged. Like etcd,
-//! a member about to bootstrap asks the others whether it has published its attributes before;
-//! if any says so, it refuses to start ([`refuse_if_bootstrapped`]). Members that cannot be
+//! **A wiped data dir** (the member ran before and lost its data). Starting it again would let it
+//! vote again in terms it already voted in, and lose what it acknowledged. Like etcd, a member
+//! with a new data dir asks the others whether it has published its attributes before; if any
+//! says so, it refuses to start ([`refuse_if_bootstrapped`]). Unlike etcd, this holds for a
+//! member started with `existing` too, once it has found its id. Members that cannot be
 //! reached are skipped: at a cluster's first start, none may be up yet.
 
 use std::time::Duration;
@@ -35,6 +36,9 @@ use crate::raft::storage::{KEY_CONF_STATE, KEY_INSTALLED, encode_index_term};
 
 /// How long a member waits for another's member list.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How many times a joining member asks around before it gives up (a member that has not
+/// applied the MemberAdd yet, or an election, may be in the way), one second apart.
+const JOIN_ROUNDS: usize = 5;
 
 /// Where a joining member stands in the cluster it joins.
 #[derive(Debug, Clone)]
@@ -89,8 +93,10 @@ async fn member_list(url: String) -> Result<(u64, Vec<Peer>), String> {
     let mut client = ClusterClient::connect(url)
         .await
         .map_err(|e| e.to_string())?;
+    // Linearizable: a member that has not applied the latest MemberAdd yet waits until it has.
+    let request = MemberListRequest { linearizable: true };
     let resp = client
-        .member_list(MemberListRequest::default())
+        .member_list(request)
         .await
         .map_err(|s| format!("{}: {}", s.code(), s.message()))?
         .into_inner();
@@ -109,33 +115,45 @@ async fn member_list(url: String) -> Result<(u64, Vec<Peer>), String> {
 
 /// Finds this member's id and its cluster's by asking the others (see the module doc).
 pub async fn discover(config: &ServerConfig) -> Result<Joined> {
+    let mut mine = config.advertise_peer_urls.clone();
+    mine.sort();
     let mut failures = Vec::new();
-    for answer in ask_others(config).await {
-        match answer {
-            Ok((cluster_id, peers)) => {
-                let mut mine = config.advertise_peer_urls.clone();
-                mine.sort();
-                let me = peers.iter().find(|p| {
-                    let mut urls = p.peer_urls.clone();
-                    urls.sort();
-                    urls == mine
-                });
-                return match me {
-                    Some(me) => Ok(Joined {
-                        member_id: me.id,
-                        cluster_id,
-                        peers,
-                    }),
-                    None => Err(Error::Config(format!(
-                        "this member's peer URLs {mine:?} are not in the cluster's member list; \
-                         add the member first (etcdctl member add {} --peer-urls={})",
-                        config.name,
-                        mine.join(",")
-                    ))),
-                };
-            }
-            Err(e) => failures.push(e),
+    let mut answered = false;
+    for round in 0..JOIN_ROUNDS {
+        if round > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
+        failures.clear();
+        for answer in ask_others(config).await {
+            let (cluster_id, peers) = match answer {
+                Ok(answer) => answer,
+                Err(e) => {
+                    failures.push(e);
+                    continue;
+                }
+            };
+            answered = true;
+            let me = peers.iter().find(|p| {
+                let mut urls = p.peer_urls.clone();
+                urls.sort();
+                urls == mine
+            });
+            if let Some(me) = me {
+                return Ok(Joined {
+                    member_id: me.id,
+                    cluster_id,
+                    peers,
+                });
+            }
+        }
+    }
+    if answered {
+        return Err(Error::Config(format!(
+            "this member's peer URLs {mine:?} are not in the cluster's member list; add the member \
+             first (etcdctl member add {} --peer-urls={})",
+            config.name,
+            mine.join(",")
+        )));
     }
     Err(Error::Network(format!(
         "--initial-cluster-state existing: no other member of --initial-cluster answered: {}",
@@ -143,7 +161,8 @@ pub async fn discover(config: &ServerConfig) -> Result<Joined> {
     )))
 }
 
-/// Refuses to bootstrap a member that the others know as started before (see the module doc).
+/// Refuses to start a member with a new data dir that the others know as started before (see the
+/// module doc): a wiped member, whether started as `new` or as `existing` under its old id.
 pub async fn refuse_if_bootstrapped(config: &ServerConfig, member_id: u64) -> Result<()> {
     for url in config
         .initial_cluster

@@ -44,8 +44,10 @@ use crate::service::{
 };
 use crate::watch::{Hub, threads};
 
-/// State tree key of the member and cluster ids chosen at first start.
-const KEY_IDENTITY: &[u8] = b"m/identity";
+/// Key of the member and cluster ids chosen at first start, in the `local` tree: what is this
+/// member's alone stays out of the replicated `state` tree, which snapshots copy whole. (Data dirs
+/// made before the `local` tree kept it in `state`; it is moved on start, and snapshots skip it.)
+pub const KEY_IDENTITY: &[u8] = b"m/identity";
 /// gRPC framing and header allowance on top of `--max-request-bytes` (etcd's value).
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 /// Largest batch of Raft messages accepted from a peer (raft-rs keeps one append under 1 MiB).
@@ -87,18 +89,28 @@ impl Server {
         let db = open_db_patiently(&config).await?;
         let state = db.open_tree("state")?;
         let log = db.open_tree("raft")?;
-        // A member that never applied anything: it bootstraps a new cluster, or joins one.
-        let empty = !state.contains_key(META_APPLIED)? && log.is_empty();
-        let joined = match (empty, config.initial_cluster_state) {
-            (true, ClusterState::Existing) => Some(join::discover(&config).await?),
+        let local = db.open_tree("local")?;
+        move_identity(&state, &local)?;
+        // A member that never applied anything bootstraps a new cluster, or joins one (until the
+        // leader's first snapshot, a joining member asks again at every start).
+        let applied_any = state.contains_key(META_APPLIED)?;
+        let first_start = !local.contains_key(KEY_IDENTITY)?;
+        let joined = match (applied_any, config.initial_cluster_state) {
+            (false, ClusterState::Existing) => Some(join::discover(&config).await?),
             _ => None,
         };
-        let (member_id, cluster_id) = identity(&state, &config, joined.as_ref())?;
+        if let Some(joined) = &joined
+            && first_start
+        {
+            // A member that ran before and lost its data dir must not rejoin under its old id.
+            join::refuse_if_bootstrapped(&config, joined.member_id).await?;
+        }
+        let (member_id, cluster_id) = identity(&local, &config, joined.as_ref())?;
         let initial = match &joined {
             Some(joined) => joined.peers.clone(),
             None => flag_peers(&config, member_id),
         };
-        if empty && joined.is_none() {
+        if !applied_any && joined.is_none() && log.is_empty() {
             join::refuse_if_bootstrapped(&config, member_id).await?;
             join::bootstrap(&state, &initial)?;
         }
@@ -422,11 +434,11 @@ fn flag_peers(config: &ServerConfig, member_id: u64) -> Vec<Peer> {
 /// This member's id and its cluster's: kept from the first start; then derived from the flags
 /// (a new cluster) or learned from the cluster it joins.
 fn identity(
-    state: &sled::Tree,
+    local: &sled::Tree,
     config: &ServerConfig,
     joined: Option<&join::Joined>,
 ) -> Result<(u64, u64)> {
-    if let Some(bytes) = state.get(KEY_IDENTITY)? {
+    if let Some(bytes) = local.get(KEY_IDENTITY)? {
         if bytes.len() != 16 {
             return Err(Error::Corrupt("bad identity record".into()));
         }
@@ -440,8 +452,19 @@ fn identity(
     };
     let mut record = member.to_be_bytes().to_vec();
     record.extend_from_slice(&cluster.to_be_bytes());
-    state.insert(KEY_IDENTITY, record)?;
+    local.insert(KEY_IDENTITY, record)?;
     Ok((member, cluster))
+}
+
+/// Moves an identity record from the `state` tree (data dirs of earlier versions) to `local`.
+fn move_identity(state: &sled::Tree, local: &sled::Tree) -> Result<()> {
+    if let Some(record) = state.get(KEY_IDENTITY)? {
+        if !local.contains_key(KEY_IDENTITY)? {
+            local.insert(KEY_IDENTITY, record)?;
+        }
+        state.remove(KEY_IDENTITY)?;
+    }
+    Ok(())
 }
 
 /// Proposes this member's attributes until they are applied, retrying while there is no leader

@@ -58,7 +58,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{
     ConfChange, ConfChangeSingle, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
 };
-use raft::{RawNode, SnapshotStatus, StateRole};
+use raft::{ProgressState, RawNode, SnapshotStatus, StateRole};
 use tokio::sync::oneshot;
 
 use super::faults::Faults;
@@ -79,6 +79,10 @@ const MAX_MSGS_PER_TURN: usize = 8192;
 /// Entries kept in the log after a compaction, for followers slightly behind (etcd's
 /// `SnapshotCatchUpEntries`); at most `snapshot_count`.
 pub const CATCH_UP_ENTRIES: u64 = 5_000;
+/// Ticks a removed member keeps running after it applied its removal, so that the others learn
+/// the removal is committed (a removed leader's heartbeats carry the commit index; a survivor of
+/// a two-member cluster could not elect itself otherwise). etcd lingers the same way.
+const REMOVED_LINGER: u32 = 10;
 /// A learner may be promoted once it has this share of what the leader committed (etcd's rule).
 const LEARNER_READY: f64 = 0.9;
 
@@ -265,8 +269,8 @@ pub struct Node {
     transport: Transport,
     /// The peer table's generation the transport was last pointed at.
     members_generation: u64,
-    /// This member applied its own removal: the loop stops at the end of the turn.
-    removed: bool,
+    /// When this member applied its own removal: the loop stops [`REMOVED_LINGER`] ticks later.
+    removed: Option<Instant>,
     /// A leadership transfer under way: its target, its caller, and until when it may take.
     transfer: Option<(u64, oneshot::Sender<Result<()>>, Instant)>,
     /// A test's fault plan; here, only its stale-read bug matters (`faults.rs`).
@@ -335,7 +339,7 @@ impl Node {
             promote_pending,
             transport,
             members_generation: u64::MAX,
-            removed: false,
+            removed: None,
             transfer: None,
             faults,
         };
@@ -410,7 +414,8 @@ impl Node {
                     "raft loop turn took too long"
                 );
             }
-            if self.removed {
+            let linger = self.config.tick * REMOVED_LINGER;
+            if self.removed.is_some_and(|at| at.elapsed() >= linger) {
                 tracing::warn!("this member was removed from the cluster: stopping");
                 break Err(Error::Removed);
             }
@@ -728,7 +733,7 @@ impl Node {
         tracing::info!(index = entry.index, ?change, voters = ?conf_state.voters,
             learners = ?conf_state.learners, "applied a membership change");
         if change == PeerChange::Remove(self.config.id) {
-            self.removed = true;
+            self.removed = Some(Instant::now());
         }
         self.sm.apply_membership(entry.index, &conf_state, change)?;
         self.raw.mut_store().set_conf_state(conf_state);
@@ -897,8 +902,18 @@ impl Node {
     }
 
     /// Compacts the Raft log once `snapshot_count` durable applied entries have accumulated,
-    /// keeping the last few for followers slightly behind (see the module doc).
+    /// keeping the last few for followers slightly behind (see the module doc). Not while a
+    /// follower is being sent a snapshot: compacting past it would make it need another.
     fn maybe_compact_log(&mut self) -> Result<()> {
+        let sending = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .any(|(_, pr)| pr.state == ProgressState::Snapshot);
+        if sending {
+            return Ok(());
+        }
         let store = self.raw.store();
         let keep = CATCH_UP_ENTRIES.min(self.config.snapshot_count);
         let target = self

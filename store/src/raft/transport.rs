@@ -150,15 +150,19 @@ impl Transport {
     /// Queues `msgs` for their peers without waiting (see the module doc).
     pub fn send(&self, msgs: Vec<Message>) {
         for msg in msgs {
+            let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
             let Some(queue) = self.queues.get(&msg.to) else {
                 tracing::warn!(
                     from = self.me.id,
                     to = msg.to,
                     "a raft message for an unknown member"
                 );
+                if snapshot {
+                    // raft-rs waits for a verdict on every snapshot it sends.
+                    self.shared.snapshot_reports.lock().push((msg.to, false));
+                }
                 continue;
             };
-            let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
             let (copies, delay) = match self.faults.outgoing(msg.to) {
                 Fate::Send { copies, delay } => (copies, delay),
                 Fate::Drop if snapshot => {

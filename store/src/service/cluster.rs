@@ -73,7 +73,7 @@ impl ClusterService {
             peer_urls: r.peer_ur_ls.clone(),
             learner: r.is_learner,
         };
-        self.core.node.change_membership(change).await?;
+        self.change_here(change).await?;
         Ok(MemberAddResponse {
             header: self.core.header(None),
             member: Some(Member {
@@ -109,8 +109,17 @@ impl ClusterService {
 
     /// Applies a removal or promotion here; the members after it.
     async fn change(&self, change: MemberChange) -> Result<Vec<Member>> {
-        self.core.node.change_membership(change).await?;
+        self.change_here(change).await?;
         Ok(self.core.members.list())
+    }
+
+    /// Makes a membership change on this member, which led a moment ago: if it no longer does,
+    /// etcd's "leader changed" (Unavailable) tells the client to retry.
+    async fn change_here(&self, change: MemberChange) -> Result<()> {
+        match self.core.node.change_membership(change).await {
+            Err(Error::NotLeader) => Err(Error::LeaderChanged),
+            result => result.map(|_| ()),
+        }
     }
 }
 

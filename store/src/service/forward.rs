@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use concord_proto::etcdserverpb::cluster_client::ClusterClient;
 use concord_proto::etcdserverpb::lease_client::LeaseClient;
@@ -28,6 +29,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
 use crate::members::Members;
+
+/// Longest a forwarded request may take (a membership change waits for its entry to apply).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The metadata key that marks a forwarded request.
 pub const FORWARDED: &str = "concord-forwarded";
@@ -60,7 +64,10 @@ impl ToLeader {
         }
         let endpoint = Endpoint::from_shared(url.clone())
             .map_err(|e| Error::Config(format!("peer URL {url}: {e}")))?;
-        let channel = endpoint.connect_lazy();
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(FORWARD_TIMEOUT)
+            .connect_lazy();
         channels.insert(leader, (url.clone(), channel.clone()));
         Ok(channel)
     }
