@@ -10,7 +10,8 @@
 //! learned the removal was committed. Every acknowledged write is on
 //! every remaining member and their HashKV match. Bad requests get etcd's errors.
 //!
-//! A second story wipes a member's data dir and starts it as new: it is refused, because the
+//! A second story first asks to remove a member while another is cut off: refused as an
+//! "unhealthy cluster", as etcd's strict reconfiguration check does. Then it wipes a member's data dir and starts it as new: it is refused, because the
 //! cluster knows it as started before (etcd's "has already been bootstrapped").
 
 mod common;
@@ -20,8 +21,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    ELECTION, Member, assert_converged, client, joining_config, leader, put_retrying, shutdown,
-    start, start_again, start_member, stop,
+    ELECTION, Member, assert_converged, client, heal, joining_config, leader, partition,
+    put_retrying, shutdown, start, start_again, start_member, stop,
 };
 use concord::store::{Error, Server};
 use etcd_client::{Client, GetOptions, MemberAddOptions};
@@ -297,7 +298,26 @@ async fn a_wiped_data_dir_cannot_rejoin_as_new() {
     let mut members = start(3).await;
     let l = leader(&members).await;
     let wiped = (0..3).find(|i| *i != l).unwrap();
+    let other = (0..3).find(|i| *i != l && *i != wiped).unwrap();
     put_retrying(&members[l], "k", "v").await;
+
+    // etcd's strict reconfiguration check: with one follower unheard from, removing the other
+    // would leave no quorum of live voters; it is refused instead of stalling the cluster.
+    partition(&members, &[other]);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // over one election timeout
+    let e = client(&members[l])
+        .await
+        .member_remove(members[wiped].id())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status_of(e),
+        (
+            tonic::Code::Unavailable,
+            "etcdserver: unhealthy cluster".into()
+        )
+    );
+    heal(&members);
     // Every member has published itself by now (MemberList shows its client URL).
     let deadline = Instant::now() + ELECTION;
     while client(&members[l])

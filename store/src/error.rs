@@ -90,6 +90,8 @@ pub enum Error {
     LearnerNotReady,
     #[error("etcdserver: too many learner members in cluster")]
     TooManyLearners,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
     /// raft-rs takes one membership change at a time (a second one would be dropped silently);
     /// etcd has no text for this, its request would time out.
     #[error("concord: another membership change is in progress; retry when it is applied")]
@@ -176,6 +178,7 @@ impl Error {
             | Error::LeaderTransferTimeout
             | Error::LeaderChanged
             | Error::MembershipChangePending
+            | Error::Unhealthy
             | Error::Removed => Code::Unavailable,
             Error::Storage(_)
             | Error::Raft(_)

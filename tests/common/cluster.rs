@@ -211,11 +211,14 @@ pub async fn start_again(member: &mut Member) {
     member.server = Some(Server::start(member.config.clone()).await.unwrap());
 }
 
-/// Stops every running member.
+/// Stops every running member (one that was removed from the cluster has stopped already).
 pub async fn shutdown(members: Vec<Member>) {
     for member in members {
         if let Some(server) = member.server {
-            server.shutdown().await.unwrap();
+            match server.shutdown().await {
+                Ok(()) | Err(concord::store::Error::Removed) => {}
+                Err(e) => panic!("{} did not stop cleanly: {e}", member.config.name),
+            }
         }
     }
 }

@@ -1346,6 +1346,11 @@ impl EtcdBinaries {
         &self.etcdctl
     }
 
+    /// The `etcd` server binary.
+    pub fn etcd(&self) -> &Path {
+        &self.etcd
+    }
+
     /// Finds etcd and etcdctl 3.4 on PATH; prints the skip message (or panics under
     /// `CONCORD_REQUIRE_ETCD=1`) when either is missing or of another version.
     pub fn find() -> Option<EtcdBinaries> {

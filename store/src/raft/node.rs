@@ -271,6 +271,8 @@ pub struct Node {
     members_generation: u64,
     /// When this member applied its own removal: the loop stops [`REMOVED_LINGER`] ticks later.
     removed: Option<Instant>,
+    /// When each member was last heard from (for etcd's reconfiguration health check).
+    heard: HashMap<u64, Instant>,
     /// A leadership transfer under way: its target, its caller, and until when it may take.
     transfer: Option<(u64, oneshot::Sender<Result<()>>, Instant)>,
     /// A test's fault plan; here, only its stale-read bug matters (`faults.rs`).
@@ -340,6 +342,7 @@ impl Node {
             transport,
             members_generation: u64::MAX,
             removed: None,
+            heard: HashMap::new(),
             transfer: None,
             faults,
         };
@@ -451,6 +454,7 @@ impl Node {
                 }
             }
             Msg::Step(msg) => {
+                self.heard.insert(msg.from, Instant::now());
                 if let Err(e) = self.raw.step(*msg) {
                     // A message from an old term or for a removed peer: raft-rs says so; ignore.
                     tracing::debug!(error = %e, "a raft message was not stepped");
@@ -734,6 +738,13 @@ impl Node {
             learners = ?conf_state.learners, "applied a membership change");
         if change == PeerChange::Remove(self.config.id) {
             self.removed = Some(Instant::now());
+            if self.raw.raft.state == StateRole::Leader {
+                // raft-rs cannot lead a group it is not in (it would panic counting its own
+                // progress). The Cluster service hands leadership away before a leader removes
+                // itself, so this is the rare case where that did not happen: step down.
+                let term = self.raw.raft.term;
+                self.raw.raft.become_follower(term, raft::INVALID_ID);
+            }
         }
         self.sm.apply_membership(entry.index, &conf_state, change)?;
         self.raw.mut_store().set_conf_state(conf_state);
@@ -790,6 +801,7 @@ impl Node {
         if self.raw.raft.has_pending_conf() {
             return Err(Error::MembershipChangePending);
         }
+        self.check_reconfig_health(&change)?;
         let members = self.sm.members();
         let (kind, peer) = match change {
             MemberChange::Add {
@@ -846,6 +858,36 @@ impl Node {
         let mut cc = ConfChangeV2::default();
         cc.set_changes(vec![single].into());
         Ok((cc, peer))
+    }
+
+    /// etcd's strict reconfiguration check: a change that would leave fewer voters heard from
+    /// lately than a quorum (adding a voter that has not started, removing a healthy member while
+    /// another is down) is refused with "unhealthy cluster" instead of stalling the cluster.
+    fn check_reconfig_health(&self, change: &MemberChange) -> Result<()> {
+        let voters = &self.raw.store().conf_state().voters;
+        let recently = self.config.tick * self.config.election_ticks as u32;
+        let active = |id: &u64| {
+            *id == self.config.id || self.heard.get(id).is_some_and(|t| t.elapsed() < recently)
+        };
+        let quorum = |n: usize| n / 2 + 1;
+        let healthy = match change {
+            MemberChange::Add { learner: false, .. } => {
+                voters.iter().filter(|v| active(v)).count() >= quorum(voters.len() + 1)
+            }
+            MemberChange::Promote(_) => {
+                voters.iter().filter(|v| active(v)).count() + 1 >= quorum(voters.len() + 1)
+            }
+            MemberChange::Remove(id) if voters.contains(id) => {
+                let left = voters.iter().filter(|v| *v != id);
+                left.clone().filter(|v| active(v)).count() >= quorum(left.count())
+            }
+            _ => true,
+        };
+        if healthy {
+            Ok(())
+        } else {
+            Err(Error::Unhealthy)
+        }
     }
 
     /// Leaves a joint configuration that nobody else will leave (see the module doc).

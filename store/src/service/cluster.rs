@@ -6,7 +6,8 @@
 //! Membership changes are made by the leader (`raft/node.rs`: checked as etcd checks them, then
 //! one Raft conf change), and answered once applied there, with the members after the change. A
 //! member that does not lead passes MemberAdd, MemberRemove and MemberPromote to the leader
-//! (`forward.rs`) and returns its answer unchanged. MemberUpdate (new peer URLs) is an ordinary
+//! (`forward.rs`) and returns its answer unchanged. A leader asked to remove itself first hands
+//! leadership to another voter (MoveLeader), then passes the removal to it. MemberUpdate (new peer URLs) is an ordinary
 //! replicated command, made on any member. A new member's id is drawn at random, as etcd's are
 //! unpredictable (it hashes the URLs with the time).
 //!
@@ -113,6 +114,23 @@ impl ClusterService {
         Ok(self.core.members.list())
     }
 
+    /// The voter that takes over from this leader before it removes itself.
+    fn successor(&self) -> Result<u64> {
+        let me = self.core.member_id;
+        let voters: Vec<u64> = self
+            .core
+            .members
+            .peers()
+            .into_values()
+            .filter(|p| p.id != me && !p.is_learner)
+            .map(|p| p.id)
+            .collect();
+        // Any voter will do: the transfer waits until it has caught up.
+        voters.first().copied().ok_or_else(|| {
+            Error::MembershipChangeRefused("the last voter cannot be removed".into())
+        })
+    }
+
     /// Makes a membership change on this member, which led a moment ago: if it no longer does,
     /// etcd's "leader changed" (Unavailable) tells the client to retry.
     async fn change_here(&self, change: MemberChange) -> Result<()> {
@@ -159,6 +177,16 @@ impl Cluster for ClusterService {
     ) -> Result<Response<MemberRemoveResponse>, Status> {
         if let Some(leader) = self.leader_elsewhere(is_forwarded(&request))? {
             let mut client = self.core.to_leader.cluster(leader)?;
+            return client.member_remove(forwarded(request.into_inner())).await;
+        }
+        if request.get_ref().id == self.core.member_id {
+            // A leader removing itself hands leadership to another voter first, which then makes
+            // the change: raft-rs cannot lead through its own removal, and the others must learn
+            // that the removal committed (with two members, the survivor could never elect
+            // itself otherwise).
+            let target = self.successor()?;
+            self.core.node.move_leader(target).await?;
+            let mut client = self.core.to_leader.cluster(target)?;
             return client.member_remove(forwarded(request.into_inner())).await;
         }
         let members = self
