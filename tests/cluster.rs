@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
@@ -183,31 +182,14 @@ async fn a_history_across_a_leader_failover_is_linearizable() {
     let first = leader(&members).await;
     let endpoints: Vec<String> = members.iter().map(Member::endpoint).collect();
     let started = Instant::now();
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..4u64)
-        .map(|c| {
-            // Each client starts on a different member (and so two of them on followers).
-            let mut mine = endpoints.clone();
-            mine.rotate_left(c as usize % endpoints.len());
-            let history = history.clone();
-            tokio::spawn(async move {
-                linearizable::record(c + 1, &mine, &["k0", "k1", "k2"], 200, started, history).await
-            })
-        })
-        .collect();
+    let recording = linearizable::Recording::start(4, &endpoints, &["k0", "k1", "k2"], 200);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop(&mut members[first]).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     start_again(&mut members[first]).await;
-    let back = started.elapsed().as_nanos() as u64;
-    for c in clients {
-        c.await.unwrap();
-    }
-    let history = history.lock().unwrap().clone();
-    let unknown = history
-        .iter()
-        .filter(|e| e.answer == linearizable::Answer::Unknown)
-        .count();
+    let back = recording.now();
+    let history = recording.finish().await;
+    let unknown = linearizable::unanswered(&history);
     let after = history.iter().filter(|e| e.invoked > back).count();
     println!(
         "{} operations, {unknown} without an answer, {after} after the old leader was back, in \

@@ -5,7 +5,8 @@
 //! how to start the new member; `member promote` before the learner runs (refused: not in sync);
 //! the new member starts with `--initial-cluster-state existing`; `member promote` (retried until
 //! it has caught up); `endpoint status --cluster` shows four members; `move-leader` to the new
-//! member; `member remove` of an original member; `member list` shows three, no learner.
+//! member; `member remove` of an original member; `member list` shows three, no learner;
+//! `endpoint hashkv --cluster` shows one hash on every member.
 //!
 //! Compared: each command's exit status, and its output with what legitimately differs replaced:
 //! member and cluster ids (the server picks them), addresses (ports differ), and the values of
@@ -401,6 +402,26 @@ async fn story(side: &mut impl Side, etcdctl_bin: &Path) -> Vec<(String, Output)
         .filter(|l| l.contains("127.0.0.1:"))
         .count();
     assert_eq!(rows, 3, "{}: {}", side.name(), after.stdout);
+
+    // Every remaining member holds the same history ("<addr>, <hash>" per member).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let hashes = ctl(&lead, &["endpoint", "hashkv", "--cluster"]);
+        let values: Vec<&str> = hashes
+            .stdout
+            .lines()
+            .filter_map(|l| l.split(", ").nth(1))
+            .collect();
+        if hashes.ok && values.len() == 3 && values.windows(2).all(|w| w[0] == w[1]) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: HashKV never agreed: {hashes:?}",
+            side.name()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     steps
 }
 

@@ -18,7 +18,6 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
@@ -172,25 +171,9 @@ async fn a_lossy_reordering_network_stays_linearizable_and_survives_a_full_resta
     );
     let endpoints: Vec<String> = members.iter().map(Member::endpoint).collect();
     let started = Instant::now();
-    let history = Arc::new(Mutex::new(Vec::new()));
-    let clients: Vec<_> = (0..3u64)
-        .map(|c| {
-            let mut mine = endpoints.clone();
-            mine.rotate_left(c as usize);
-            let history = history.clone();
-            tokio::spawn(async move {
-                linearizable::record(c + 1, &mine, &["k0", "k1", "k2"], 150, started, history).await
-            })
-        })
-        .collect();
-    for c in clients {
-        c.await.unwrap();
-    }
-    let history = history.lock().unwrap().clone();
-    let unknown = history
-        .iter()
-        .filter(|e| e.answer == Answer::Unknown)
-        .count();
+    let recording = linearizable::Recording::start(3, &endpoints, &["k0", "k1", "k2"], 150);
+    let history = recording.finish().await;
+    let unknown = linearizable::unanswered(&history);
     println!(
         "lossy network: {} operations, {unknown} without an answer, in {:.1?}",
         history.len(),

@@ -94,6 +94,20 @@ where
     }
 }
 
+/// Asks `member` (the leader) to remove itself, retrying through elections; waits until it stops.
+async fn remove_itself(member: &mut Member) {
+    let (id, endpoint) = (member.id(), member.endpoint());
+    eventually("a leader removing itself", || {
+        let endpoint = endpoint.clone();
+        async move {
+            let mut c = Client::connect([endpoint], None).await?;
+            c.member_remove(id).await
+        }
+    })
+    .await;
+    stops_as_removed(member).await;
+}
+
 /// Waits until `member`'s node loop stops because it was removed.
 async fn stops_as_removed(member: &mut Member) {
     let mut server = member.server.take().expect("running");
@@ -229,17 +243,7 @@ async fn members_join_get_promoted_and_leave_under_load() {
     assert_eq!(refused, Some(Error::Removed));
 
     // The leader removes itself: it stops, the others elect a leader and writes go on.
-    let id = members[now].id();
-    let endpoint = members[now].endpoint();
-    eventually("removing the leader", || {
-        let endpoint = endpoint.clone();
-        async move {
-            let mut c = Client::connect([endpoint], None).await?;
-            c.member_remove(id).await
-        }
-    })
-    .await;
-    stops_as_removed(&mut members[now]).await;
+    remove_itself(&mut members[now]).await;
     let third = leader(&members).await;
     put_retrying(&members[third], "after", "removals").await;
 
@@ -247,17 +251,7 @@ async fn members_join_get_promoted_and_leave_under_load() {
     // is committed before the leader goes (it lingers), or it could never elect itself.
     let two = members.iter().filter(|m| m.server.is_some()).count();
     assert_eq!(two, 2);
-    let id = members[third].id();
-    let endpoint = members[third].endpoint();
-    eventually("removing the leader of two", || {
-        let endpoint = endpoint.clone();
-        async move {
-            let mut c = Client::connect([endpoint], None).await?;
-            c.member_remove(id).await
-        }
-    })
-    .await;
-    stops_as_removed(&mut members[third]).await;
+    remove_itself(&mut members[third]).await;
     let last = leader(&members).await;
     let revision = put_retrying(&members[last], "after", "the last removal").await;
 

@@ -311,3 +311,59 @@ pub async fn record(
         }
     }
 }
+
+/// Several clients recording one history at once (see [`record`]): client `c` starts on member
+/// `c % n` of `endpoints`, so some start on followers, and each moves on when a member does not
+/// answer.
+pub struct Recording {
+    started: std::time::Instant,
+    history: std::sync::Arc<std::sync::Mutex<Vec<Event>>>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Recording {
+    /// Starts `clients` clients, each running `ops` operations on `keys`.
+    pub fn start(
+        clients: u64,
+        endpoints: &[String],
+        keys: &'static [&'static str],
+        ops: usize,
+    ) -> Recording {
+        let started = std::time::Instant::now();
+        let history = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let clients = (0..clients)
+            .map(|c| {
+                let mut mine = endpoints.to_vec();
+                mine.rotate_left(c as usize % endpoints.len());
+                let history = history.clone();
+                tokio::spawn(async move { record(c + 1, &mine, keys, ops, started, history).await })
+            })
+            .collect();
+        Recording {
+            started,
+            history,
+            clients,
+        }
+    }
+
+    /// The time since the recording started, in the history's unit (nanoseconds).
+    pub fn now(&self) -> u64 {
+        self.started.elapsed().as_nanos() as u64
+    }
+
+    /// Waits for every client; the whole history.
+    pub async fn finish(self) -> Vec<Event> {
+        for client in self.clients {
+            client.await.unwrap();
+        }
+        self.history.lock().unwrap().clone()
+    }
+}
+
+/// How many operations of `history` got no answer.
+pub fn unanswered(history: &[Event]) -> usize {
+    history
+        .iter()
+        .filter(|e| e.answer == Answer::Unknown)
+        .count()
+}

@@ -475,7 +475,18 @@ impl Node {
             command: Some(command),
         }
         .encode_to_vec();
-        match self.raw.propose(vec![], data) {
+        let proposed = self.raw.propose(vec![], data);
+        self.wait_for(id, proposed, reply);
+    }
+
+    /// Makes `reply` wait for proposal `id`, if raft-rs took it.
+    fn wait_for(
+        &mut self,
+        id: u64,
+        proposed: raft::Result<()>,
+        reply: oneshot::Sender<Result<Response>>,
+    ) {
+        match proposed {
             Ok(()) => {
                 let deadline =
                     Instant::now() + self.config.request_timeout + Duration::from_secs(1);
@@ -776,16 +787,8 @@ impl Node {
                     peer: Some(peer),
                 }
                 .encode_to_vec();
-                match self.raw.propose_conf_change(context, cc) {
-                    Ok(()) => {
-                        let deadline =
-                            Instant::now() + self.config.request_timeout + Duration::from_secs(1);
-                        self.waiters.insert(id, reply, deadline);
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.into()));
-                    }
-                }
+                let proposed = self.raw.propose_conf_change(context, cc);
+                self.wait_for(id, proposed, reply);
             }
             Err(e) => {
                 let _ = reply.send(Err(e));
