@@ -10,7 +10,7 @@
 //! learned the removal was committed. Every acknowledged write is on
 //! every remaining member and their HashKV match. Bad requests get etcd's errors.
 //!
-//! A second story first asks to remove a member while another is cut off: refused as an
+//! A second story grows a one-member cluster to two voters. A third story first asks to remove a member while another is cut off: refused as an
 //! "unhealthy cluster", as etcd's strict reconfiguration check does. Then it wipes a member's data dir and starts it as new: it is refused, because the
 //! cluster knows it as started before (etcd's "has already been bootstrapped").
 
@@ -30,6 +30,7 @@ use etcd_client::{Client, GetOptions, MemberAddOptions};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_stories() {
     members_join_get_promoted_and_leave_under_load().await;
+    a_lone_member_grows_to_two_voters().await;
     a_wiped_data_dir_cannot_rejoin_as_new().await;
 }
 
@@ -285,6 +286,27 @@ async fn members_join_get_promoted_and_leave_under_load() {
         "{} acknowledged writes across the membership changes",
         acked.len()
     );
+    shutdown(members).await;
+}
+
+/// A one-member cluster adds a voter (etcd allows it): it loses its quorum until the new member
+/// starts, which must still find its place (its discovery falls back to the lone member's own
+/// member list, since no linearizable one can be served).
+async fn a_lone_member_grows_to_two_voters() {
+    let mut members = start(1).await;
+    leader(&members).await;
+    put_retrying(&members[0], "k", "before").await;
+    let (config, dir) = joining_config(&members, "second");
+    let added = client(&members[0])
+        .await
+        .member_add(config.advertise_peer_urls.clone(), None)
+        .await
+        .unwrap();
+    assert!(!added.member().unwrap().is_learner());
+    members.push(start_member(config, dir).await);
+    leader(&members).await;
+    let revision = put_retrying(&members[1], "k", "after").await;
+    assert_converged(&members, revision).await;
     shutdown(members).await;
 }
 

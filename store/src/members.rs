@@ -81,8 +81,7 @@ pub struct Members {
     /// The members to use while the state holds no peer table (from the flags, or from the
     /// cluster a new member joins).
     fallback: BTreeMap<u64, Peer>,
-    /// This member, as its flags describe it: listed until it has published (and always in a
-    /// one-member cluster, which publishes nothing).
+    /// This member, as its flags describe it: listed until it has published.
     me: RwLock<Attributes>,
     published: RwLock<BTreeMap<u64, Attributes>>,
     /// Bumped whenever the peer table changes (the node loop then updates the transport).

@@ -247,8 +247,8 @@ impl Server {
             })
             .collect();
         let attributes = members.serving(client_urls);
-        let alone = members.peers().len() == 1 && joined.is_none();
-        if !alone && members.published(member_id).as_ref() != Some(&attributes) {
+        // Also alone: members added later must find where this one serves clients.
+        if members.published(member_id).as_ref() != Some(&attributes) {
             tokio::spawn(publish(handle.clone(), attributes, stop_rx.clone()));
         }
         tracing::info!(
@@ -444,6 +444,17 @@ fn identity(
         }
         let member = u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes"));
         let cluster = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+        if let Some(joined) = joined
+            && joined.member_id != member
+        {
+            // Removed and added again while it was down, before its first snapshot: its old id
+            // is gone from the cluster.
+            return Err(Error::Config(format!(
+                "this data dir belongs to member {member:x}, but the cluster now knows these peer \
+                 URLs as member {:x}; start it with an empty data dir",
+                joined.member_id
+            )));
+        }
         return Ok((member, cluster));
     }
     let (member, cluster) = match joined {

@@ -116,6 +116,9 @@ pub enum Msg {
         change: MemberChange,
         reply: oneshot::Sender<Result<Response>>,
     },
+    /// Hand leadership to the best other voter, before this leader removes itself; answer once
+    /// it leads.
+    HandOver { reply: oneshot::Sender<Result<()>> },
     /// Hand leadership to `target`; answer once it leads.
     TransferLeader {
         target: u64,
@@ -198,6 +201,13 @@ impl NodeHandle {
     pub async fn change_membership(&self, change: MemberChange) -> Result<Response> {
         self.ask(|reply| Msg::ChangeMembership { change, reply })
             .await
+    }
+
+    /// Before this leader removes itself: checks that the removal would leave a healthy cluster,
+    /// then hands leadership to the voter heard from lately with the most of the log; returns once
+    /// it leads.
+    pub async fn hand_over(&self) -> Result<()> {
+        self.ask(|reply| Msg::HandOver { reply }).await
     }
 
     /// Hands leadership to member `target` (this member must lead); returns once `target` leads.
@@ -461,6 +471,7 @@ impl Node {
                 }
             }
             Msg::TransferLeader { target, reply } => self.transfer_leader(target, reply),
+            Msg::HandOver { reply } => self.hand_over(reply),
             Msg::ChangeMembership { change, reply } => self.change_membership(change, reply),
             Msg::Shutdown => return true,
         }
@@ -494,6 +505,34 @@ impl Node {
             }
             Err(e) => {
                 let _ = reply.send(Err(e.into()));
+            }
+        }
+    }
+
+    /// Picks the successor of a leader about to remove itself (etcd's `longestConnected`, by log)
+    /// and starts the transfer.
+    fn hand_over(&mut self, reply: oneshot::Sender<Result<()>>) {
+        if self.raw.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(Error::LeaderChanged));
+            return;
+        }
+        if let Err(e) = self.check_reconfig_health(&MemberChange::Remove(self.config.id)) {
+            let _ = reply.send(Err(e));
+            return;
+        }
+        let recently = self.config.tick * self.config.election_ticks as u32;
+        let conf = self.raw.store().conf_state();
+        let best = conf
+            .voters
+            .iter()
+            .filter(|v| **v != self.config.id)
+            .filter(|v| self.heard.get(v).is_some_and(|t| t.elapsed() < recently))
+            .max_by_key(|v| self.raw.raft.prs().get(**v).map_or(0, |pr| pr.matched))
+            .copied();
+        match best {
+            Some(target) => self.transfer_leader(target, reply),
+            None => {
+                let _ = reply.send(Err(Error::Unhealthy));
             }
         }
     }
@@ -778,6 +817,20 @@ impl Node {
         change: MemberChange,
         reply: oneshot::Sender<Result<Response>>,
     ) {
+        if matches!(change, MemberChange::Add { .. }) && self.raw.store().first_index() <= 1 {
+            // A log that still starts at entry 1 (a cluster made before clusters were
+            // bootstrapped at index 1, see `join.rs`) would replay entry 1 to the new member on
+            // an empty configuration: compact it first, so that the new member gets a snapshot.
+            let target = self
+                .durable_applied
+                .min(self.raw.store().hard_state().commit);
+            if target >= 1
+                && let Err(e) = self.raw.mut_store().compact(target)
+            {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        }
         match self.conf_change(change) {
             Ok((cc, peer)) => {
                 let id = self.ids.next_id();
@@ -874,11 +927,15 @@ impl Node {
         };
         let quorum = |n: usize| n / 2 + 1;
         let healthy = match change {
+            // A lone member may add a second voter (etcd allows it): the cluster then waits,
+            // without a quorum, until the new member starts.
+            MemberChange::Add { learner: false, .. } if voters.len() == 1 => true,
             MemberChange::Add { learner: false, .. } => {
                 voters.iter().filter(|v| active(v)).count() >= quorum(voters.len() + 1)
             }
-            MemberChange::Promote(_) => {
-                voters.iter().filter(|v| active(v)).count() + 1 >= quorum(voters.len() + 1)
+            MemberChange::Promote(learner) => {
+                let up = voters.iter().filter(|v| active(v)).count() + usize::from(active(learner));
+                up >= quorum(voters.len() + 1)
             }
             MemberChange::Remove(id) if voters.contains(id) => {
                 let left = voters.iter().filter(|v| *v != id);

@@ -114,21 +114,27 @@ impl ClusterService {
         Ok(self.core.members.list())
     }
 
-    /// The voter that takes over from this leader before it removes itself.
-    fn successor(&self) -> Result<u64> {
-        let me = self.core.member_id;
-        let voters: Vec<u64> = self
-            .core
-            .members
-            .peers()
-            .into_values()
-            .filter(|p| p.id != me && !p.is_learner)
-            .map(|p| p.id)
-            .collect();
-        // Any voter will do: the transfer waits until it has caught up.
-        voters.first().copied().ok_or_else(|| {
-            Error::MembershipChangeRefused("the last voter cannot be removed".into())
-        })
+    /// Passes this member's own removal to the member it just handed leadership to. The new
+    /// leader takes no membership change until it has applied the first entry of its term, so
+    /// "in progress" and "leader changed" are retried for up to an election timeout.
+    async fn remove_on_successor(
+        &self,
+        r: MemberRemoveRequest,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let deadline = tokio::time::Instant::now() + self.core.election_timeout;
+        loop {
+            let leader = self.core.node.status().leader.load(Ordering::Relaxed);
+            let mut client = self.core.to_leader.cluster(leader)?;
+            match client.member_remove(forwarded(r)).await {
+                Err(s)
+                    if s.code() == tonic::Code::Unavailable
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                answer => return answer,
+            }
+        }
     }
 
     /// Makes a membership change on this member, which led a moment ago: if it no longer does,
@@ -184,10 +190,8 @@ impl Cluster for ClusterService {
             // the change: raft-rs cannot lead through its own removal, and the others must learn
             // that the removal committed (with two members, the survivor could never elect
             // itself otherwise).
-            let target = self.successor()?;
-            self.core.node.move_leader(target).await?;
-            let mut client = self.core.to_leader.cluster(target)?;
-            return client.member_remove(forwarded(request.into_inner())).await;
+            self.core.node.hand_over().await?;
+            return self.remove_on_successor(request.into_inner()).await;
         }
         let members = self
             .change(MemberChange::Remove(request.into_inner().id))
