@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::EtcdBinaries;
-use common::cluster::{Member, joining_config, leader, shutdown, start, start_member};
+use common::cluster::{Member, free_port, joining_config, leader, shutdown, start, start_member};
 
 /// How long a learner may take to catch up before `member promote` is accepted.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -147,11 +147,6 @@ impl Drop for EtcdSide {
             let _ = child.wait();
         }
     }
-}
-
-fn free_port() -> u16 {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().port()
 }
 
 fn parse_cluster(initial_cluster: &str) -> Vec<(String, Vec<String>)> {

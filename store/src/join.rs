@@ -18,13 +18,14 @@
 //! vote again in terms it already voted in, and lose what it acknowledged. Like etcd, a member
 //! with a new data dir asks the others whether it has published its attributes before; if any
 //! says so, it refuses to start ([`refuse_if_bootstrapped`]). Unlike etcd, this holds for a
-//! member started with `existing` too, once it has found its id. Members that cannot be
+//! member started with `existing` too: the member list it found itself in says whether it
+//! published before ([`Joined::published`]). Members that cannot be
 //! reached are skipped: at a cluster's first start, none may be up yet.
 
 use std::time::Duration;
 
-use concord_proto::etcdserverpb::MemberListRequest;
 use concord_proto::etcdserverpb::cluster_client::ClusterClient;
+use concord_proto::etcdserverpb::{Member, MemberListRequest};
 use protobuf::Message as _;
 use raft::eraftpb::ConfState;
 
@@ -47,6 +48,9 @@ pub struct Joined {
     pub cluster_id: u64,
     /// The cluster's members (this one included), until the snapshot brings the peer table.
     pub peers: Vec<Peer>,
+    /// Whether this member has published its client URLs before: it ran already (see
+    /// [`already_bootstrapped`]).
+    pub published: bool,
 }
 
 /// Writes a new cluster's first state to `state` in one batch (see the module doc).
@@ -69,8 +73,12 @@ pub fn bootstrap(state: &sled::Tree, peers: &[Peer]) -> Result<()> {
 }
 
 /// The member lists of the other members of `--initial-cluster`, as each answers (or why not),
-/// with the cluster id of its header.
-async fn ask_others(config: &ServerConfig) -> Vec<Result<(u64, Vec<Peer>), String>> {
+/// with the cluster id of its header. `linearizable` asks for lists as of the leader's commit
+/// index first (see [`member_list`]).
+async fn ask_others(
+    config: &ServerConfig,
+    linearizable: bool,
+) -> Vec<Result<(u64, Vec<Member>), String>> {
     let mine = &config.advertise_peer_urls;
     let mut answers = Vec::new();
     for (name, urls) in &config.initial_cluster {
@@ -78,8 +86,8 @@ async fn ask_others(config: &ServerConfig) -> Vec<Result<(u64, Vec<Peer>), Strin
             continue;
         }
         for url in urls {
-            let answer = tokio::time::timeout(ASK_TIMEOUT, member_list(url.clone())).await;
-            let answer = match answer {
+            let answer = member_list(url.clone(), linearizable);
+            let answer = match tokio::time::timeout(ASK_TIMEOUT, answer).await {
                 Ok(result) => result,
                 Err(_) => Err("timed out".into()),
             };
@@ -89,33 +97,37 @@ async fn ask_others(config: &ServerConfig) -> Vec<Result<(u64, Vec<Peer>), Strin
     answers
 }
 
-async fn member_list(url: String) -> Result<(u64, Vec<Peer>), String> {
+/// The member list of the member at `url`, and its cluster id.
+async fn member_list(url: String, linearizable: bool) -> Result<(u64, Vec<Member>), String> {
     let mut client = ClusterClient::connect(url)
         .await
         .map_err(|e| e.to_string())?;
     // Linearizable first: a member that has not applied the latest MemberAdd yet waits until it
     // has. Without a leader (a lone member that added a second voter waits for it) the member's
     // own list is what there is.
-    let linearizable = client.member_list(MemberListRequest { linearizable: true });
-    let resp = match tokio::time::timeout(ASK_TIMEOUT / 2, linearizable).await {
-        Ok(Ok(resp)) => resp,
-        _ => client
+    let status = |s: tonic::Status| format!("{}: {}", s.code(), s.message());
+    let resp = if linearizable {
+        let first = client.member_list(MemberListRequest { linearizable });
+        match tokio::time::timeout(ASK_TIMEOUT / 2, first).await {
+            Ok(Ok(resp)) => resp,
+            _ => client
+                .member_list(MemberListRequest::default())
+                .await
+                .map_err(status)?,
+        }
+    } else {
+        client
             .member_list(MemberListRequest::default())
             .await
-            .map_err(|s| format!("{}: {}", s.code(), s.message()))?,
+            .map_err(status)?
     }
     .into_inner();
-    let cluster_id = resp.header.map_or(0, |h| h.cluster_id);
-    let peers = resp
-        .members
-        .into_iter()
-        .map(|m| Peer {
-            id: m.id,
-            peer_urls: m.peer_ur_ls,
-            is_learner: m.is_learner,
-        })
-        .collect();
-    Ok((cluster_id, peers))
+    Ok((resp.header.map_or(0, |h| h.cluster_id), resp.members))
+}
+
+/// Whether `member` has published its client URLs: it has started before.
+fn has_published(member: &Member) -> bool {
+    !member.client_ur_ls.is_empty()
 }
 
 /// Finds this member's id and its cluster's by asking the others (see the module doc).
@@ -129,8 +141,8 @@ pub async fn discover(config: &ServerConfig) -> Result<Joined> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
         failures.clear();
-        for answer in ask_others(config).await {
-            let (cluster_id, peers) = match answer {
+        for answer in ask_others(config, true).await {
+            let (cluster_id, members) = match answer {
                 Ok(answer) => answer,
                 Err(e) => {
                     failures.push(e);
@@ -138,8 +150,8 @@ pub async fn discover(config: &ServerConfig) -> Result<Joined> {
                 }
             };
             answered = true;
-            let me = peers.iter().find(|p| {
-                let mut urls = p.peer_urls.clone();
+            let me = members.iter().find(|m| {
+                let mut urls = m.peer_ur_ls.clone();
                 urls.sort();
                 urls == mine
             });
@@ -147,7 +159,15 @@ pub async fn discover(config: &ServerConfig) -> Result<Joined> {
                 return Ok(Joined {
                     member_id: me.id,
                     cluster_id,
-                    peers,
+                    published: has_published(me),
+                    peers: members
+                        .into_iter()
+                        .map(|m| Peer {
+                            id: m.id,
+                            peer_urls: m.peer_ur_ls,
+                            is_learner: m.is_learner,
+                        })
+                        .collect(),
                 });
             }
         }
@@ -166,43 +186,31 @@ pub async fn discover(config: &ServerConfig) -> Result<Joined> {
     )))
 }
 
-/// Refuses to start a member with a new data dir that the others know as started before (see the
-/// module doc): a wiped member, whether started as `new` or as `existing` under its old id.
+/// Refuses to bootstrap member `member_id` if the others know it as started before (see the
+/// module doc). Members that do not answer are skipped.
 pub async fn refuse_if_bootstrapped(config: &ServerConfig, member_id: u64) -> Result<()> {
-    for url in config
-        .initial_cluster
-        .iter()
-        .filter(|(_, urls)| *urls != config.advertise_peer_urls)
-        .flat_map(|(_, urls)| urls)
-    {
-        if let Ok(Ok(true)) =
-            tokio::time::timeout(ASK_TIMEOUT, has_published(url.clone(), member_id)).await
-        {
-            return Err(Error::Config(format!(
-                "member {} ({member_id:x}) has already been bootstrapped: its data dir {} is new, \
-                 but the cluster knows it as started before. Remove it (etcdctl member remove \
-                 {member_id:x}), add it again (etcdctl member add) and start it with \
-                 --initial-cluster-state existing",
-                config.name,
-                config.data_dir.display()
-            )));
-        }
+    let known = ask_others(config, false)
+        .await
+        .into_iter()
+        .flatten()
+        .any(|(_, members)| {
+            members
+                .iter()
+                .any(|m| m.id == member_id && has_published(m))
+        });
+    if known {
+        return Err(already_bootstrapped(config, member_id));
     }
     Ok(())
 }
 
-/// Whether the member at `url` lists `member_id` with published client URLs.
-async fn has_published(url: String, member_id: u64) -> Result<bool, String> {
-    let mut client = ClusterClient::connect(url)
-        .await
-        .map_err(|e| e.to_string())?;
-    let resp = client
-        .member_list(MemberListRequest::default())
-        .await
-        .map_err(|s| s.to_string())?
-        .into_inner();
-    Ok(resp
-        .members
-        .iter()
-        .any(|m| m.id == member_id && !m.client_ur_ls.is_empty()))
+/// etcd's refusal of a member that ran before with a data dir that is now new.
+pub fn already_bootstrapped(config: &ServerConfig, member_id: u64) -> Error {
+    Error::Config(format!(
+        "member {} ({member_id:x}) has already been bootstrapped: its data dir {} is new, but the \
+         cluster knows it as started before. Remove it (etcdctl member remove {member_id:x}), add \
+         it again (etcdctl member add) and start it with --initial-cluster-state existing",
+        config.name,
+        config.data_dir.display()
+    ))
 }

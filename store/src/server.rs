@@ -101,9 +101,10 @@ impl Server {
         };
         if let Some(joined) = &joined
             && first_start
+            && joined.published
         {
             // A member that ran before and lost its data dir must not rejoin under its old id.
-            join::refuse_if_bootstrapped(&config, joined.member_id).await?;
+            return Err(join::already_bootstrapped(&config, joined.member_id));
         }
         let (member_id, cluster_id) = identity(&local, &config, joined.as_ref())?;
         let initial = match &joined {
@@ -135,12 +136,7 @@ impl Server {
         }
         storage.raise_commit(sm.applied())?;
         let faults = Arc::new(Faults::default());
-        let peer_urls = members
-            .peers()
-            .into_values()
-            .map(|p| (p.id, p.peer_urls))
-            .collect();
-        let transport = Transport::start(member_id, cluster_id, &peer_urls, faults.clone());
+        let transport = Transport::start(member_id, cluster_id, &members.peers(), faults.clone());
         let node_config = NodeConfig {
             id: member_id,
             tick: config.heartbeat_interval,
@@ -207,33 +203,31 @@ impl Server {
         let (peer_stop_tx, peer_stop_rx) = watch::channel(false);
         let mut peer_listeners = Vec::new();
         let mut peer_addrs = Vec::new();
-        {
-            for addr in &config.listen_peer {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| Error::Network(format!("cannot listen on {addr}: {e}")))?;
-                peer_addrs.push(
-                    listener
-                        .local_addr()
-                        .map_err(|e| Error::Network(e.to_string()))?,
-                );
-                let node = handle.clone();
-                let deliver: Deliver = Arc::new(move |msg| node.step(msg));
-                let service = PeerService::new(
-                    member_id,
-                    cluster_id,
-                    members.clone(),
-                    deliver,
-                    peer_stop_rx.clone(),
-                    faults.clone(),
-                );
-                peer_listeners.push(tokio::spawn(serve_peers(
-                    listener,
-                    service,
-                    core.clone(),
-                    peer_stop_rx.clone(),
-                )));
-            }
+        for addr in &config.listen_peer {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Network(format!("cannot listen on {addr}: {e}")))?;
+            peer_addrs.push(
+                listener
+                    .local_addr()
+                    .map_err(|e| Error::Network(e.to_string()))?,
+            );
+            let node = handle.clone();
+            let deliver: Deliver = Arc::new(move |msg| node.step(msg));
+            let service = PeerService::new(
+                member_id,
+                cluster_id,
+                members.clone(),
+                deliver,
+                peer_stop_rx.clone(),
+                faults.clone(),
+            );
+            peer_listeners.push(tokio::spawn(serve_peers(
+                listener,
+                service,
+                core.clone(),
+                peer_stop_rx.clone(),
+            )));
         }
         // The client URLs this member publishes: the advertised ones, with a port 0 (tests)
         // replaced by the port picked at bind time.

@@ -49,7 +49,8 @@ impl Member {
     }
 }
 
-fn free_port() -> u16 {
+/// A port on 127.0.0.1 nothing listens on at the moment.
+pub fn free_port() -> u16 {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     socket.local_addr().unwrap().port()
 }

@@ -163,6 +163,13 @@ pub struct NodeConfig {
     pub faults: Arc<Faults>,
 }
 
+impl NodeConfig {
+    /// The election timeout as a duration.
+    fn election_timeout(&self) -> Duration {
+        self.tick * self.election_ticks as u32
+    }
+}
+
 /// A cloneable handle to the node loop.
 #[derive(Clone)]
 pub struct NodeHandle {
@@ -520,13 +527,11 @@ impl Node {
             let _ = reply.send(Err(e));
             return;
         }
-        let recently = self.config.tick * self.config.election_ticks as u32;
         let conf = self.raw.store().conf_state();
         let best = conf
             .voters
             .iter()
-            .filter(|v| **v != self.config.id)
-            .filter(|v| self.heard.get(v).is_some_and(|t| t.elapsed() < recently))
+            .filter(|v| **v != self.config.id && self.heard_lately(**v))
             .max_by_key(|v| self.raw.raft.prs().get(**v).map_or(0, |pr| pr.matched))
             .copied();
         match best {
@@ -555,8 +560,11 @@ impl Node {
             let _ = earlier.send(Err(Error::LeaderTransferTimeout));
         }
         // Two election timeouts: raft-rs aborts a transfer after one, if the target never campaigns.
-        let election = self.config.tick * self.config.election_ticks as u32;
-        self.transfer = Some((target, reply, Instant::now() + 2 * election));
+        self.transfer = Some((
+            target,
+            reply,
+            Instant::now() + 2 * self.config.election_timeout(),
+        ));
         self.raw.transfer_leader(target);
     }
 
@@ -916,15 +924,18 @@ impl Node {
         Ok((cc, peer))
     }
 
+    /// Whether member `id` sent this one a message within the last election timeout.
+    fn heard_lately(&self, id: u64) -> bool {
+        let lately = self.config.election_timeout();
+        self.heard.get(&id).is_some_and(|t| t.elapsed() < lately)
+    }
+
     /// etcd's strict reconfiguration check: a change that would leave fewer voters heard from
     /// lately than a quorum (adding a voter that has not started, removing a healthy member while
     /// another is down) is refused with "unhealthy cluster" instead of stalling the cluster.
     fn check_reconfig_health(&self, change: &MemberChange) -> Result<()> {
         let voters = &self.raw.store().conf_state().voters;
-        let recently = self.config.tick * self.config.election_ticks as u32;
-        let active = |id: &u64| {
-            *id == self.config.id || self.heard.get(id).is_some_and(|t| t.elapsed() < recently)
-        };
+        let active = |id: &u64| *id == self.config.id || self.heard_lately(*id);
         let quorum = |n: usize| n / 2 + 1;
         let healthy = match change {
             // A lone member may add a second voter (etcd allows it): the cluster then waits,
@@ -998,8 +1009,7 @@ impl Node {
     fn maybe_promote(&mut self) {
         if self.promote_pending && self.sm.applied() >= self.raw.raft.raft_log.committed {
             self.promote_pending = false;
-            let election = self.config.tick * self.config.election_ticks as u32;
-            self.sm.lessor().promote(election);
+            self.sm.lessor().promote(self.config.election_timeout());
         }
     }
 

@@ -80,8 +80,8 @@ pub type Deliver = Arc<dyn Fn(Message) + Send + Sync>;
 /// The sending half (see the module doc).
 pub struct Transport {
     me: Me,
-    queues: HashMap<u64, mpsc::Sender<Message>>,
-    urls: HashMap<u64, Vec<String>>,
+    /// Every other member: its peer URLs and the queue of its task.
+    peers: HashMap<u64, (Vec<String>, mpsc::Sender<Message>)>,
     shared: Arc<Shared>,
     faults: Arc<Faults>,
     /// The runtime the transport's tasks run on (`send` is called from the node loop's thread).
@@ -98,52 +98,41 @@ struct Shared {
 }
 
 impl Transport {
-    /// A transport for member `id` of cluster `cluster` to `peers` (member id → peer URLs, e.g.
-    /// `http://127.0.0.1:2380`), with `faults` applied to what it sends. Starts one task per peer
-    /// on the current Tokio runtime.
+    /// A transport for member `id` of cluster `cluster` to `peers` (the peer table; peer URLs
+    /// like `http://127.0.0.1:2380`), with `faults` applied to what it sends. Starts one task per
+    /// peer on the current Tokio runtime.
     pub fn start(
         id: u64,
         cluster: u64,
-        peers: &HashMap<u64, Vec<String>>,
+        peers: &BTreeMap<u64, members::Peer>,
         faults: Arc<Faults>,
     ) -> Transport {
         let mut transport = Transport {
             me: Me { id, cluster },
-            queues: HashMap::new(),
-            urls: HashMap::new(),
+            peers: HashMap::new(),
             shared: Arc::new(Shared::default()),
             faults,
             runtime: tokio::runtime::Handle::current(),
         };
-        for (&peer, urls) in peers {
-            transport.add_peer(peer, urls.clone());
-        }
+        transport.sync(peers);
         transport
     }
 
-    /// Starts sending to `peer` at `urls` (never to this member itself).
-    fn add_peer(&mut self, peer: u64, urls: Vec<String>) {
-        if peer == self.me.id || urls.is_empty() {
-            return;
-        }
-        let (tx, rx) = mpsc::channel(PEER_QUEUE);
-        self.queues.insert(peer, tx);
-        self.urls.insert(peer, urls.clone());
-        let task = run_peer(self.me, peer, urls, rx, self.shared.clone());
-        self.runtime.spawn(task);
-    }
-
-    /// Follows a change of membership: starts sending to new members, stops sending to removed
-    /// ones (their task ends with its queue), and reconnects to members whose URLs changed.
+    /// Follows the peer table: starts sending to new members, stops sending to removed ones (their
+    /// task ends with its queue), and reconnects to members whose URLs changed. Never sends to
+    /// this member itself.
     pub fn sync(&mut self, peers: &BTreeMap<u64, members::Peer>) {
-        self.queues
-            .retain(|id, _| peers.get(id).map(|p| &p.peer_urls) == self.urls.get(id));
-        self.urls.retain(|id, _| self.queues.contains_key(id));
-        for (id, peer) in peers {
-            if !self.queues.contains_key(id) {
-                tracing::info!(peer = format!("{id:x}"), urls = ?peer.peer_urls, "sending to a member");
-                self.add_peer(*id, peer.peer_urls.clone());
+        self.peers
+            .retain(|id, (urls, _)| peers.get(id).is_some_and(|p| p.peer_urls == *urls));
+        for (&id, peer) in peers {
+            if id == self.me.id || peer.peer_urls.is_empty() || self.peers.contains_key(&id) {
+                continue;
             }
+            tracing::info!(peer = format!("{id:x}"), urls = ?peer.peer_urls, "sending to a member");
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            let task = run_peer(self.me, id, peer.peer_urls.clone(), rx, self.shared.clone());
+            self.runtime.spawn(task);
+            self.peers.insert(id, (peer.peer_urls.clone(), tx));
         }
     }
 
@@ -151,7 +140,7 @@ impl Transport {
     pub fn send(&self, msgs: Vec<Message>) {
         for msg in msgs {
             let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
-            let Some(queue) = self.queues.get(&msg.to) else {
+            let Some((_, queue)) = self.peers.get(&msg.to) else {
                 tracing::warn!(
                     from = self.me.id,
                     to = msg.to,
@@ -203,7 +192,7 @@ impl Transport {
     /// Streams a snapshot to its member from a task of its own (see the module doc).
     fn send_snapshot(&self, msg: Message) {
         let (me, shared, to) = (self.me, self.shared.clone(), msg.to);
-        let urls = self.urls[&to].clone();
+        let urls = self.peers[&to].0.clone();
         self.runtime.spawn(async move {
             let index = msg.get_snapshot().get_metadata().index;
             let started = std::time::Instant::now();
@@ -590,17 +579,22 @@ mod tests {
         port: u16,
     }
 
+    /// Member `id`, a voter reached at `url`.
+    fn member(id: u64, url: &str) -> members::Peer {
+        members::Peer {
+            id,
+            peer_urls: vec![url.to_string()],
+            is_learner: false,
+        }
+    }
+
     /// A peer table holding `ids`.
     fn member_table(ids: &[u64]) -> Arc<Members> {
         let db = sled::Config::new().temporary(true).open().unwrap();
         let kv = crate::mvcc::KvStore::open(db.open_tree("state").unwrap()).unwrap();
         let peers = ids
             .iter()
-            .map(|id| members::Peer {
-                id: *id,
-                peer_urls: vec![format!("http://member-{id}")],
-                is_learner: false,
-            })
+            .map(|id| member(*id, &format!("http://member-{id}")))
             .collect();
         let me = crate::members::Attributes::default();
         Arc::new(Members::open(&kv, peers, me).unwrap())
@@ -656,7 +650,7 @@ mod tests {
     #[tokio::test]
     async fn messages_arrive_in_order_and_resume_after_the_peer_restarts() {
         let b = receiver(2, vec![1, 2], 0).await;
-        let peers = HashMap::from([(2, vec![b.url.clone()])]);
+        let peers = BTreeMap::from([(2, member(2, &b.url))]);
         let a = Transport::start(1, CLUSTER, &peers, Arc::default());
         a.send((1..=100).map(|t| heartbeat(1, 2, t)).collect());
         until("100 messages", || b.got.lock().len() == 100).await;
