@@ -10,9 +10,11 @@
 //! learned the removal was committed. Every acknowledged write is on
 //! every remaining member and their HashKV match. Bad requests get etcd's errors.
 //!
-//! A second story grows a one-member cluster to two voters. A third story first asks to remove a member while another is cut off: refused as an
-//! "unhealthy cluster", as etcd's strict reconfiguration check does. Then it wipes a member's data dir and starts it as new: it is refused, because the
-//! cluster knows it as started before (etcd's "has already been bootstrapped").
+//! A second story grows a one-member cluster to two voters. A third story first asks to remove a
+//! member while another is cut off: refused as an "unhealthy cluster", as etcd's strict
+//! reconfiguration check does. Then it wipes a member's data dir and starts it as new, then as
+//! existing: both are refused, because the cluster knows it as started before (etcd's "has
+//! already been bootstrapped").
 
 mod common;
 
@@ -352,6 +354,15 @@ async fn a_wiped_data_dir_cannot_rejoin_as_new() {
     let fresh = tempfile::tempdir().unwrap();
     let mut config = members[wiped].config.clone();
     config.data_dir = fresh.path().to_path_buf();
+    let refused = Server::start(config.clone()).await.err().expect("refused");
+    assert!(
+        refused
+            .to_string()
+            .contains("has already been bootstrapped"),
+        "{refused}"
+    );
+    // Nor may it rejoin as an existing member under its old id.
+    config.initial_cluster_state = concord::store::config::ClusterState::Existing;
     let refused = Server::start(config).await.err().expect("refused");
     assert!(
         refused

@@ -99,20 +99,26 @@ impl Server {
             (false, ClusterState::Existing) => Some(join::discover(&config).await?),
             _ => None,
         };
-        if let Some(joined) = &joined
-            && first_start
-            && joined.published
-        {
-            // A member that ran before and lost its data dir must not rejoin under its old id.
-            return Err(join::already_bootstrapped(&config, joined.member_id));
+        let bootstrapping = !applied_any && joined.is_none() && log.is_empty();
+        // A member that ran before and lost its data dir must not start again under its old id.
+        // Checked before the identity is written: a refused start leaves nothing behind.
+        if first_start {
+            match &joined {
+                Some(joined) if joined.published => {
+                    return Err(join::already_bootstrapped(&config, joined.member_id));
+                }
+                None if bootstrapping => {
+                    join::refuse_if_bootstrapped(&config, config.member_id()).await?;
+                }
+                _ => {}
+            }
         }
         let (member_id, cluster_id) = identity(&local, &config, joined.as_ref())?;
         let initial = match &joined {
             Some(joined) => joined.peers.clone(),
             None => flag_peers(&config, member_id),
         };
-        if !applied_any && joined.is_none() && log.is_empty() {
-            join::refuse_if_bootstrapped(&config, member_id).await?;
+        if bootstrapping {
             join::bootstrap(&state, &initial)?;
         }
         let kv = Arc::new(KvStore::open(state.clone())?);
